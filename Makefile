@@ -1,0 +1,27 @@
+# Both targets work on a fresh machine: they create .venv and install the project first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.scenegrep-installed
+
+.PHONY: test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch 2.14.1 / torchvision 0.29.1 are the builds available offline here; install them first so the
+	# project's open ranges resolve to them instead of downloading another build.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(VENV)/bin/scenegrep --home scenegrep-home demo --out demo-out
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_index.py --preset scannet --json benchmarks/results/bench_index.json
+
+clean:
+	rm -rf scenegrep-home demo-out .pytest_cache
