@@ -1,0 +1,57 @@
+"""Typed errors of the storage layer.
+
+Every message is one line, so the CLI can show ``str(err)`` as is. Input validation problems that are
+plain programming errors (wrong shape, wrong dtype) stay ``ValueError`` / ``TypeError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "StoreError",
+    "EncoderMismatchError",
+    "NotFoundError",
+    "ScanExistsError",
+    "CatalogVersionError",
+    "VectorIndexError",
+    "StoreLockedError",
+]
+
+
+class StoreError(Exception):
+    """Base class of every storage error."""
+
+
+class EncoderMismatchError(StoreError):
+    """The catalog was indexed with another encoder than the one requested.
+
+    Attributes:
+        catalog: one-line description of the catalog's encoder.
+        requested: one-line description of the requested encoder.
+    """
+
+    def __init__(self, catalog: str, requested: str):
+        self.catalog = catalog
+        self.requested = requested
+        super().__init__(
+            f"this home was indexed with {catalog} but {requested} was requested; use another --home or the same model"
+        )
+
+
+class NotFoundError(StoreError, LookupError):
+    """An unknown scan name or instance id."""
+
+
+class ScanExistsError(StoreError):
+    """A scan with that name is already indexed and replacing it was not asked for."""
+
+
+class CatalogVersionError(StoreError):
+    """The catalog's schema is newer than this code knows (or cannot be upgraded read-only)."""
+
+
+class VectorIndexError(StoreError):
+    """A FAISS generation file is unreadable or does not fit the catalog."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the home's writer lock."""
