@@ -1,0 +1,31 @@
+"""Per-mask CLIP features from posed RGB-D frames (OpenMask3D's mask-feature computation).
+
+* :mod:`.visibility`: projection, depth test, distinct-pixel counts, top-k views (sparse, no dense images);
+* :mod:`.crops`: crop boxes (``mask2box_multi_level``) and the 2D mask refiner seam;
+* :mod:`.encoders`: open_clip loading (offline) and :class:`EncoderSpec`;
+* :mod:`.tinyclip`: a tiny random model in ``local-dir:`` format for tests and demos;
+* :mod:`.extractor`: the stage, :func:`extract_features`.
+
+torch / open_clip are imported lazily (inside functions), so importing this package stays cheap.
+"""
+
+from indexer.features.crops import (
+    Box,
+    MaskRefiner,
+    ProjectedPointsRefiner,
+    box_from_pixels,
+    multi_level_boxes,
+    scale_box,
+)
+from indexer.features.encoders import ClipEncoder, EncoderSpec, EncoderWeightsError, load_encoder
+from indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
+from indexer.features.tinyclip import write_local_dir_model
+from indexer.features.visibility import Visibility, compute_visibility, project_points, visible_points
+
+__all__ = [
+    "Box", "MaskRefiner", "ProjectedPointsRefiner", "box_from_pixels", "multi_level_boxes", "scale_box",
+    "ClipEncoder", "EncoderSpec", "EncoderWeightsError", "load_encoder",
+    "FeatureConfig", "InstanceFeatures", "extract_features",
+    "write_local_dir_model",
+    "Visibility", "compute_visibility", "project_points", "visible_points",
+]
