@@ -154,13 +154,20 @@ class MaskSet:
         always dropped (IoU 1)."""
         if len(self) == 0:
             return self
+        return self.select(self.dedupe_indices(iou_threshold))
+
+    def dedupe_indices(self, iou_threshold: float = 0.9) -> np.ndarray:
+        """(K,) int64 indices of the masks :meth:`dedupe` keeps, in keeping order (for callers that carry
+        per-mask data alongside the MaskSet)."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=np.int64)
         order = np.lexsort((-self.sizes, -self.scores))
         iou = self.iou()
         kept: list[int] = []
         for i in order:
             if not kept or iou[i, kept].max() <= iou_threshold:
                 kept.append(int(i))
-        return self.select(np.array(kept, dtype=np.int64))
+        return np.array(kept, dtype=np.int64)
 
     def sorted_by_score(self) -> "MaskSet":
         return self.select(np.argsort(-self.scores, kind="stable"))
