@@ -8,12 +8,28 @@ Conventions (as ScanNet and OpenMask3D):
 
 * poses are camera-to-world 4x4 matrices, camera frame x right, y down, z forward (OpenCV);
 * intrinsics are 3x3 pinhole matrices *at the resolution of the image they belong to*;
-* depth images are uint16 PNGs, ``metres = value / depth_scale``; 0 (and 65535 for 7-Scenes) = no reading.
+* depth images are uint16 PNGs, ``metres = value / depth_scale``; 0 (and 65535 for 7-Scenes) = no reading;
+* pixel (u, v) integer coordinates are pixel centres when back-projecting (ray = K^-1 [u, v, 1]).
+
+Layouts read by :func:`read_scan` (:func:`detect_layout` tells them apart):
+
+* ``scannet`` (ScanNet / OpenMask3D export): ``<scan>.ply`` (``<name>_vh_clean_2.ply`` preferred among
+  several), ``color/<i>.jpg|png``, ``depth/<i>.png``, ``pose/<i>.txt``, ``intrinsic/intrinsic_color.txt``
+  (+ optional ``intrinsic_depth.txt``); frame folders may be absent (a bare point cloud).
+* ``7scenes`` (7-Scenes / tsdf-fusion, flat): ``frame-XXXXXX.{color.png|jpg,depth.png,pose.txt}`` and
+  ``camera-intrinsics.txt`` (the depth camera's); the point cloud is back-projected and voxel-averaged.
+
+Both take an optional ``scan.json``: ``{"name": str, "tags": [str], "depth_scale": number,
+"intrinsic_resolution": [w, h]}``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +62,10 @@ class FrameError(ScanError):
 
 class PointCloudError(ScanError):
     """The point cloud file is unreadable or lacks vertices / colours."""
+
+
+class ScanMetaError(ScanError):
+    """``scan.json`` is unreadable or has a field of the wrong type."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,3 +164,558 @@ class Scan:
     @property
     def num_points(self) -> int:
         return int(self.points.shape[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------------------
+
+LAYOUT_SCANNET = "scannet"
+LAYOUT_7SCENES = "7scenes"
+
+DEFAULT_DEPTH_SCALE = 1000.0
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_INT_STEM = re.compile(r"^\d+$", re.ASCII)
+_SEVEN_FILE = re.compile(r"^frame-(\d+)\.(color|depth|pose)\.(png|jpg|jpeg|txt)$", re.ASCII | re.IGNORECASE)
+_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I", "L"}
+_HASH_CHUNK = 1 << 20
+# Tolerances for "this is a rigid camera pose". Real poses (ScanNet, tsdf-fusion) are orthonormal to ~1e-6;
+# these only reject matrices that are clearly not poses (zeros, scales, garbage).
+_POSE_DET_TOL = 1e-2
+_POSE_ORTHO_TOL = 2e-2
+_POSE_ROW_TOL = 1e-4
+# Voxel keys are packed as 3 x 21-bit signed ints: +-2^20 voxels per axis (+-20 km at 2 cm).
+_VOXEL_BITS = 21
+_VOXEL_OFF = 1 << (_VOXEL_BITS - 1)
+# Back-projected points are reduced once this many are buffered, so memory stays O(occupied voxels).
+_VOXEL_FLUSH = 4_000_000
+
+
+@dataclass(frozen=True)
+class ScanMeta:
+    """Optional ``<scan>/scan.json``.
+
+    Attributes:
+        name: display name (None: use the folder name).
+        tags: free-form labels.
+        depth_scale: depth image units per metre (default 1000, millimetres).
+        intrinsic_resolution: (width, height) the intrinsics file was written for, when it differs from the
+            images (OpenMask3D's ``intrinsic_resolution``); None means "at the image's own resolution".
+        path: the scan.json file, or None when absent.
+    """
+
+    name: str | None = None
+    tags: tuple[str, ...] = ()
+    depth_scale: float = DEFAULT_DEPTH_SCALE
+    intrinsic_resolution: tuple[int, int] | None = None
+    path: Path | None = None
+
+
+def read_scan_meta(root: Path | str) -> ScanMeta:
+    """Read and type-check ``root/scan.json``; defaults when the file is absent. Unknown keys are ignored."""
+    path = Path(root) / "scan.json"
+    if not path.is_file():
+        return ScanMeta()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ScanMetaError(path, f"unreadable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ScanMetaError(path, f"must hold a JSON object, got {type(data).__name__}")
+
+    name = data.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ScanMetaError(path, f"'name' must be a non-empty string, got {name!r}")
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ScanMetaError(path, f"'tags' must be a list of strings, got {tags!r}")
+    scale = data.get("depth_scale", DEFAULT_DEPTH_SCALE)
+    # bool is an int subclass: reject it explicitly.
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+        raise ScanMetaError(path, f"'depth_scale' must be a positive number, got {scale!r}")
+    res = data.get("intrinsic_resolution")
+    if res is not None:
+        if (
+            not isinstance(res, list)
+            or len(res) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in res)
+        ):
+            raise ScanMetaError(path, f"'intrinsic_resolution' must be [width, height] in pixels, got {res!r}")
+        res = (int(res[0]), int(res[1]))
+    return ScanMeta(
+        name=name.strip() if name else None,
+        tags=tuple(tags),
+        depth_scale=float(scale),
+        intrinsic_resolution=res,
+        path=path,
+    )
+
+
+def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """Intrinsics of the same camera at another image resolution.
+
+    Each axis is scaled on its own (fx, cx by the width ratio; fy, cy by the height ratio): resized images
+    need not keep the aspect ratio (ScanNet colour 1296x968 vs depth 640x480). Sizes are (width, height).
+    """
+    sx = to_size[0] / from_size[0]
+    sy = to_size[1] / from_size[1]
+    out = np.array(K, dtype=np.float64)[:3, :3].copy()
+    out[0, :] *= sx  # fx, skew, cx
+    out[1, :] *= sy  # fy, cy
+    return out
+
+
+def read_intrinsics(path: Path | str) -> np.ndarray:
+    """(3, 3) float64 pinhole matrix from a 3x3 or 4x4 (ScanNet) text file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FrameError(path, "intrinsics file missing")
+    try:
+        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as e:
+        raise FrameError(path, f"unreadable intrinsics ({e})") from e
+    if m.shape not in ((3, 3), (4, 4), (3, 4)):
+        raise FrameError(path, f"intrinsics must be 3x3 or 4x4, got {m.shape[0]}x{m.shape[1]}")
+    K = m[:3, :3]
+    if not np.all(np.isfinite(K)):
+        raise FrameError(path, "intrinsics hold inf or NaN")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise FrameError(path, f"focal lengths must be positive, got fx={K[0, 0]:g} fy={K[1, 1]:g}")
+    if abs(K[1, 0]) > 1e-6 or not np.allclose(K[2], [0.0, 0.0, 1.0], atol=1e-6):
+        raise FrameError(path, "not a pinhole matrix (expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]])")
+    return K.copy()
+
+
+def read_pose(path: Path | str) -> np.ndarray | None:
+    """(4, 4) float64 camera-to-world pose, or None when it holds inf/NaN (ScanNet marks lost tracking so).
+
+    Raises FrameError when the file is unreadable, not 4x4, or not a rigid transform (singular rotation,
+    non-orthonormal rotation, bottom row not 0 0 0 1).
+    """
+    path = Path(path)
+    try:
+        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as e:
+        raise FrameError(path, f"unreadable pose ({e})") from e
+    if m.shape != (4, 4):
+        raise FrameError(path, f"pose must be 4x4, got {m.shape[0]}x{m.shape[1]}")
+    if not np.all(np.isfinite(m)):
+        return None
+    R = m[:3, :3]
+    det = float(np.linalg.det(R))
+    if abs(abs(det) - 1.0) > _POSE_DET_TOL:
+        raise FrameError(path, f"pose is singular or not rigid (det of rotation = {det:.4g}, expected 1)")
+    ortho = float(np.abs(R.T @ R - np.eye(3)).max())
+    if ortho > _POSE_ORTHO_TOL:
+        raise FrameError(path, f"pose rotation is not orthonormal (max |R^T R - I| = {ortho:.3g})")
+    if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=_POSE_ROW_TOL):
+        raise FrameError(path, f"pose bottom row must be 0 0 0 1, got {m[3].tolist()}")
+    return m
+
+
+def image_size(path: Path | str, what: str = "colour") -> tuple[int, int]:
+    """(width, height) from the image header (no full decode). ``what`` is 'colour' or 'depth'."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            size, mode = im.size, im.mode
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise FrameError(path, f"unreadable {what} image ({e})") from e
+    if what == "depth" and mode not in _DEPTH_MODES:
+        raise FrameError(path, f"depth image must be single-channel 16-bit, got mode {mode}")
+    return (int(size[0]), int(size[1]))
+
+
+def read_ply_points(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices of a PLY (point cloud or mesh): (N, 3) float32 xyz and (N, 3) uint8 RGB."""
+    from plyfile import PlyData, PlyParseError
+
+    path = Path(path)
+    try:
+        ply = PlyData.read(str(path), mmap=False)
+    except (OSError, ValueError, EOFError, PlyParseError) as e:
+        raise PointCloudError(path, f"unreadable PLY ({e})") from e
+    if "vertex" not in ply:
+        raise PointCloudError(path, "PLY has no vertex element")
+    data = ply["vertex"].data
+    if len(data) == 0:
+        raise PointCloudError(path, "PLY has no vertices")
+    names = set(data.dtype.names or ())
+    if not {"x", "y", "z"} <= names:
+        raise PointCloudError(path, "PLY vertices lack x, y, z properties")
+    rgb_names = next((c for c in (("red", "green", "blue"), ("r", "g", "b")) if set(c) <= names), None)
+    if rgb_names is None:
+        raise PointCloudError(path, "PLY vertices have no colour properties (red, green, blue)")
+
+    points = np.stack([data[c] for c in ("x", "y", "z")], axis=1).astype(np.float32)
+    bad = ~np.all(np.isfinite(points), axis=1)
+    if bad.any():
+        raise PointCloudError(path, f"{int(bad.sum())} of {len(points)} vertices have inf/NaN coordinates")
+    raw = np.stack([data[c] for c in rgb_names], axis=1)
+    if np.issubdtype(raw.dtype, np.floating):
+        # Float colours are 0..1 by convention (Open3D); anything larger is taken as 0..255.
+        scale = 255.0 if float(np.nanmax(raw)) <= 1.0 else 1.0
+        colors = np.clip(np.rint(raw * scale), 0, 255).astype(np.uint8)
+    elif raw.dtype.itemsize > 1 and int(raw.max()) > 255:
+        colors = (raw.astype(np.uint32) // 257).astype(np.uint8)  # 16-bit colours
+    else:
+        colors = np.clip(raw, 0, 255).astype(np.uint8)
+    return points, colors
+
+
+def detect_layout(path: Path | str) -> str:
+    """``"scannet"`` (a .ply with color/ depth/ pose/ intrinsic/ folders) or ``"7scenes"`` (flat
+    ``frame-XXXXXX.{color,depth,pose}`` files). Raises ScanLayoutError for anything else."""
+    root = Path(path)
+    if not root.exists():
+        raise ScanLayoutError(root, "no such folder")
+    if not root.is_dir():
+        raise ScanLayoutError(root, "not a folder")
+    names = [p.name for p in root.iterdir() if p.is_file()]
+    if any(n.lower().endswith(".ply") for n in names):
+        return LAYOUT_SCANNET
+    if any(_SEVEN_FILE.match(n) for n in names) or "camera-intrinsics.txt" in names:
+        return LAYOUT_7SCENES
+    if any((root / d).is_dir() for d in ("color", "depth", "pose", "intrinsic")):
+        return LAYOUT_SCANNET  # a ScanNet folder that lost its point cloud: the reader says so
+    raise ScanLayoutError(
+        root,
+        "matches no known layout (expected <scan>.ply with color/ depth/ pose/ intrinsic/, "
+        "or 7-Scenes frame-XXXXXX.color/depth/pose files)",
+    )
+
+
+def read_scan(path: Path | str, *, frame_step: int = 1, voxel_size: float = 0.02) -> Scan:
+    """Read one scan folder of either layout into a :class:`Scan`.
+
+    Args:
+        path: the scan folder.
+        frame_step: 7-Scenes only: back-project every ``frame_step``-th valid frame into the point cloud.
+        voxel_size: 7-Scenes only: voxel edge in metres for downsampling the back-projected cloud
+            (xyz and colour averaged per voxel); 0 keeps every point.
+
+    Frames whose pose holds inf/NaN are skipped with a warning. Raises a :class:`ScanError` subclass
+    naming the offending file for everything else.
+    """
+    if not isinstance(frame_step, int) or frame_step < 1:
+        raise ValueError(f"frame_step must be a positive integer, got {frame_step!r}")
+    if not np.isfinite(voxel_size) or voxel_size < 0:
+        raise ValueError(f"voxel_size must be >= 0, got {voxel_size!r}")
+    root = Path(path)
+    layout = detect_layout(root)
+    meta = read_scan_meta(root)
+    if layout == LAYOUT_SCANNET:
+        scan = _read_scannet(root, meta)
+    else:
+        scan = _read_7scenes(root, meta, frame_step=frame_step, voxel_size=voxel_size)
+    log.info("read %s scan %s: %d points, %d frames", layout, scan.name, scan.num_points, len(scan.frames))
+    return scan
+
+
+# -- ScanNet / OpenMask3D export --------------------------------------------------------------------
+
+
+def _find_point_cloud(root: Path) -> Path:
+    plys = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() == ".ply")
+    if not plys:
+        raise ScanLayoutError(root, "no point cloud (.ply) in ScanNet layout")
+    if len(plys) == 1:
+        return plys[0]
+    by_name = {p.name: p for p in plys}
+    for cand in (f"{root.name}_vh_clean_2.ply", "scene.ply", f"{root.name}.ply"):
+        if cand in by_name:
+            return by_name[cand]
+    clean2 = [p for p in plys if p.name.endswith("_vh_clean_2.ply")]
+    if len(clean2) == 1:
+        return clean2[0]
+    raise PointCloudError(
+        root,
+        f"several .ply files ({', '.join(p.name for p in plys)}) and none is "
+        f"{root.name}_vh_clean_2.ply or scene.ply",
+    )
+
+
+def _index_folder(folder: Path, suffixes: tuple[str, ...]) -> dict[int, Path]:
+    """{frame id: file} for files ``<int>.<suffix>`` in ``folder``; other files are ignored."""
+    out: dict[int, Path] = {}
+    for p in folder.iterdir():
+        if not p.is_file() or p.suffix.lower() not in suffixes or not _INT_STEM.match(p.stem):
+            continue
+        fid = int(p.stem)
+        if fid in out:
+            raise FrameError(p, f"duplicate frame id {fid} (also {out[fid].name})")
+        out[fid] = p
+    return out
+
+
+def _fmt_ids(ids: list[int], limit: int = 10) -> str:
+    head = ", ".join(str(i) for i in ids[:limit])
+    return f"[{head}{f', ... +{len(ids) - limit} more' if len(ids) > limit else ''}]"
+
+
+def _check_frame_ids(root: Path, sets: dict[str, dict[int, Path]]) -> list[int]:
+    """Sorted common ids; FrameError naming the ids each source lacks when the sets differ."""
+    union: set[int] = set().union(*(set(s) for s in sets.values()))
+    problems = [f"{name} lacks ids {_fmt_ids(sorted(union - set(s)))}" for name, s in sets.items()
+                if len(s) != len(union)]
+    if problems:
+        raise FrameError(root, "colour/depth/pose frame ids do not match: " + "; ".join(problems))
+    return sorted(union)  # numeric sort: "10" after "9"
+
+
+class _FrameBuilder:
+    """Builds Frames sharing one intrinsics source, caching the per-resolution scaled matrices."""
+
+    def __init__(self, K_ref: np.ndarray, ref_size: tuple[int, int] | None, K_depth: np.ndarray | None,
+                 ref_is_depth: bool, depth_scale: float):
+        self.K_ref = K_ref
+        self.ref_size = ref_size  # None: K_ref is at the reference image's own resolution
+        self.K_depth = K_depth  # a separate depth intrinsics file (ScanNet intrinsic_depth.txt), at depth res.
+        self.ref_is_depth = ref_is_depth  # 7-Scenes: the one intrinsics file belongs to the depth camera
+        self.depth_scale = depth_scale
+        self._cache: dict[tuple, np.ndarray] = {}
+
+    def _scaled(self, K: np.ndarray, key: str, src: tuple[int, int] | None, dst: tuple[int, int]) -> np.ndarray:
+        if src is None or src == dst:
+            return K
+        ck = (key, src, dst)
+        if ck not in self._cache:
+            self._cache[ck] = scale_intrinsics(K, src, dst)
+        return self._cache[ck]
+
+    def build(self, fid: int, color: Path, depth: Path, pose: np.ndarray) -> Frame:
+        csize = image_size(color, "colour")
+        dsize = image_size(depth, "depth")
+        if self.ref_is_depth:
+            K_d = self._scaled(self.K_ref, "ref", self.ref_size, dsize)
+            K_c = self._scaled(K_d, "d2c", dsize, csize)
+        else:
+            K_c = self._scaled(self.K_ref, "ref", self.ref_size, csize)
+            if self.K_depth is not None:
+                K_d = self.K_depth
+            else:
+                K_d = self._scaled(K_c, "c2d", csize, dsize)
+        return Frame(
+            frame_id=fid, color_path=color, depth_path=depth, pose_c2w=pose,
+            K_color=K_c.copy(), K_depth=K_d.copy(), color_size=csize, depth_size=dsize,
+            depth_scale=self.depth_scale,
+        )
+
+
+def _build_frames(root: Path, ids: list[int], color: dict[int, Path], depth: dict[int, Path],
+                  pose: dict[int, Path], builder: _FrameBuilder) -> list[Frame]:
+    frames: list[Frame] = []
+    skipped: list[int] = []
+    for fid in ids:
+        m = read_pose(pose[fid])
+        if m is None:
+            skipped.append(fid)
+            continue
+        frames.append(builder.build(fid, color[fid], depth[fid], m))
+    if skipped:
+        log.warning(
+            "%s: skipping %d frame(s) whose pose holds inf/NaN (e.g. %s): ids %s",
+            root, len(skipped), pose[skipped[0]], _fmt_ids(skipped),
+        )
+    return frames
+
+
+def _read_scannet(root: Path, meta: ScanMeta) -> Scan:
+    ply = _find_point_cloud(root)
+    points, colors = read_ply_points(ply)
+    used: list[Path] = [ply]
+
+    folders = {k: root / k for k in ("color", "depth", "pose")}
+    present = [k for k, d in folders.items() if d.is_dir()]
+    frames: list[Frame] = []
+    if present:
+        if len(present) != len(folders):
+            missing = [k for k in folders if k not in present]
+            raise ScanLayoutError(folders[missing[0]], f"folder missing (while {', '.join(present)}/ exist)")
+        color = _index_folder(folders["color"], _IMAGE_SUFFIXES)
+        depth = _index_folder(folders["depth"], (".png",))
+        pose = _index_folder(folders["pose"], (".txt",))
+        ids = _check_frame_ids(root, {"color/": color, "depth/": depth, "pose/": pose})
+        if ids:
+            kc_path = root / "intrinsic" / "intrinsic_color.txt"
+            kd_path = root / "intrinsic" / "intrinsic_depth.txt"
+            if not kc_path.is_file():
+                raise ScanLayoutError(kc_path, "colour intrinsics file missing")
+            K_color = read_intrinsics(kc_path)
+            K_depth = read_intrinsics(kd_path) if kd_path.is_file() else None
+            used += [kc_path] + ([kd_path] if K_depth is not None else [])
+            builder = _FrameBuilder(K_color, meta.intrinsic_resolution, K_depth,
+                                    ref_is_depth=False, depth_scale=meta.depth_scale)
+            frames = _build_frames(root, ids, color, depth, pose, builder)
+            for fid in ids:
+                used += [color[fid], depth[fid], pose[fid]]
+    if meta.path is not None:
+        used.append(meta.path)
+    return Scan(
+        name=meta.name or root.name, root=root, layout=LAYOUT_SCANNET, points=points, colors=colors,
+        frames=frames, tags=list(meta.tags), content_hash=content_hash(root, used), source_file=ply,
+    )
+
+
+# -- 7-Scenes / tsdf-fusion -------------------------------------------------------------------------
+
+
+def _read_7scenes(root: Path, meta: ScanMeta, *, frame_step: int, voxel_size: float) -> Scan:
+    sets: dict[str, dict[int, Path]] = {"color": {}, "depth": {}, "pose": {}}
+    for p in root.iterdir():
+        m = _SEVEN_FILE.match(p.name)
+        if m is None or not p.is_file():
+            continue
+        fid, kind, ext = int(m.group(1)), m.group(2).lower(), m.group(3).lower()
+        if (kind == "pose") != (ext == "txt") or (kind == "depth" and ext != "png"):
+            continue  # e.g. frame-000000.pose.png: not one of ours
+        if fid in sets[kind]:
+            raise FrameError(p, f"duplicate {kind} file for frame {fid} (also {sets[kind][fid].name})")
+        sets[kind][fid] = p
+    if not any(sets.values()):
+        raise ScanLayoutError(root, "no frames (frame-XXXXXX.color/depth/pose files) in 7-Scenes layout")
+    ids = _check_frame_ids(root, {f"{k} files": v for k, v in sets.items()})
+    k_path = root / "camera-intrinsics.txt"
+    if not k_path.is_file():
+        raise ScanLayoutError(k_path, "intrinsics file missing (7-Scenes layout needs camera-intrinsics.txt)")
+    # tsdf-fusion convention: the one intrinsics file is the depth camera's.
+    builder = _FrameBuilder(read_intrinsics(k_path), meta.intrinsic_resolution, None,
+                            ref_is_depth=True, depth_scale=meta.depth_scale)
+    frames = _build_frames(root, ids, sets["color"], sets["depth"], sets["pose"], builder)
+    if not frames:
+        raise FrameError(root, f"all {len(ids)} frames have inf/NaN poses: nothing to back-project")
+    points, colors = backproject_frames(frames[::frame_step], voxel_size)
+    if len(points) == 0:
+        raise PointCloudError(root, "no valid depth pixels in the frames: empty point cloud")
+    used = [k_path] + [p for s in sets.values() for p in s.values()]
+    if meta.path is not None:
+        used.append(meta.path)
+    # The cloud depends on how it was built: the same files with other settings are another scan.
+    params = f"7scenes:frame_step={frame_step};voxel_size={voxel_size!r}".encode()
+    return Scan(
+        name=meta.name or root.name, root=root, layout=LAYOUT_7SCENES, points=points, colors=colors,
+        frames=frames, tags=list(meta.tags), content_hash=content_hash(root, used, extra=params),
+        source_file=None,
+    )
+
+
+def backproject_frame(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+    """World points (M, 3) float64 and colours (M, 3) uint8 of one frame's valid depth pixels.
+
+    Pixel (u, v) integer coordinates are pixel centres (OpenCV). The colour of a depth pixel is read
+    from the colour image at the same viewing ray (K_color K_depth^-1), nearest pixel.
+    """
+    depth = frame.load_depth()
+    if depth.shape != (frame.depth_size[1], frame.depth_size[0]):
+        raise FrameError(frame.depth_path, f"depth image is {depth.shape[::-1]}, header said {frame.depth_size}")
+    v, u = np.nonzero(depth > 0)
+    if len(u) == 0:
+        return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
+    z = depth[v, u].astype(np.float64)
+    pix = np.stack([u, v, np.ones_like(u)], axis=0).astype(np.float64)  # (3, M)
+    rays = np.linalg.inv(frame.K_depth) @ pix  # normalised coords, z = 1
+    cam = rays * z  # (3, M)
+    world = (frame.pose_c2w[:3, :3] @ cam).T + frame.pose_c2w[:3, 3]
+
+    rgb = frame.load_color()
+    h, w = rgb.shape[:2]
+    cpix = frame.K_color @ rays
+    uc = np.clip(np.rint(cpix[0]).astype(np.int64), 0, w - 1)
+    vc = np.clip(np.rint(cpix[1]).astype(np.int64), 0, h - 1)
+    return world, rgb[vc, uc]
+
+
+class _VoxelGrid:
+    """Running per-voxel sums of xyz and colour; memory O(occupied voxels + one flush buffer)."""
+
+    def __init__(self, voxel_size: float):
+        self.voxel = float(voxel_size)
+        self.keys = np.zeros(0, np.int64)
+        self.sums = np.zeros((0, 6), np.float64)  # x, y, z, r, g, b
+        self.counts = np.zeros(0, np.float64)
+        self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._buffered = 0
+        self.dropped = 0
+
+    def add(self, points: np.ndarray, colors: np.ndarray) -> None:
+        idx = np.floor(points / self.voxel).astype(np.int64)
+        ok = np.all(np.abs(idx) < _VOXEL_OFF, axis=1)
+        if not ok.all():
+            self.dropped += int((~ok).sum())
+            idx, points, colors = idx[ok], points[ok], colors[ok]
+        idx += _VOXEL_OFF
+        keys = (idx[:, 0] << (2 * _VOXEL_BITS)) | (idx[:, 1] << _VOXEL_BITS) | idx[:, 2]
+        vals = np.concatenate([points, colors.astype(np.float64)], axis=1)
+        self._buf.append((keys, vals, np.ones(len(keys))))
+        self._buffered += len(keys)
+        if self._buffered >= _VOXEL_FLUSH:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        if not self._buf:
+            return
+        keys = np.concatenate([self.keys] + [b[0] for b in self._buf])
+        vals = np.concatenate([self.sums] + [b[1] for b in self._buf])
+        cnts = np.concatenate([self.counts] + [b[2] for b in self._buf])
+        self._buf, self._buffered = [], 0
+        self.keys, inv = np.unique(keys, return_inverse=True)
+        n = len(self.keys)
+        self.sums = np.stack([np.bincount(inv, weights=vals[:, c], minlength=n) for c in range(6)], axis=1)
+        self.counts = np.bincount(inv, weights=cnts, minlength=n)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._reduce()
+        mean = self.sums / self.counts[:, None]
+        return mean[:, :3].astype(np.float32), np.clip(np.rint(mean[:, 3:]), 0, 255).astype(np.uint8)
+
+
+def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """One point per occupied voxel: mean xyz (float32) and mean colour (uint8), sorted by voxel key."""
+    grid = _VoxelGrid(voxel_size)
+    grid.add(np.asarray(points, np.float64), np.asarray(colors))
+    return grid.result()
+
+
+def backproject_frames(frames: Iterable[Frame], voxel_size: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse frames into one coloured cloud: back-project valid depth, then voxel-average (0 = no averaging)."""
+    if voxel_size <= 0:
+        parts = [backproject_frame(f) for f in frames]
+        if not parts:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+        return (np.concatenate([p for p, _ in parts]).astype(np.float32),
+                np.concatenate([c for _, c in parts]).astype(np.uint8))
+    grid = _VoxelGrid(voxel_size)
+    for f in frames:
+        grid.add(*backproject_frame(f))
+    if grid.dropped:
+        log.warning("dropped %d back-projected points more than %.0f m from the origin (bad depth scale?)",
+                    grid.dropped, _VOXEL_OFF * voxel_size)
+    return grid.result()
+
+
+# -- content hash -----------------------------------------------------------------------------------
+
+
+def content_hash(root: Path, files: Iterable[Path], extra: bytes = b"") -> str:
+    """sha256 over (relative path, size, bytes) of each file in path order, plus ``extra``.
+
+    Relative paths make the hash survive moving the folder; the length prefixes keep file boundaries
+    unambiguous. Files are streamed in 1 MiB chunks.
+    """
+    root = Path(root)
+    h = hashlib.sha256(b"scenegrep-scan-v1\0")
+    rels = sorted({Path(f).relative_to(root).as_posix(): Path(f) for f in files}.items())
+    for rel, path in rels:
+        rb = rel.encode("utf-8")
+        try:
+            with open(path, "rb") as fh:
+                size = path.stat().st_size
+                h.update(len(rb).to_bytes(8, "little") + rb + size.to_bytes(8, "little"))
+                while chunk := fh.read(_HASH_CHUNK):
+                    h.update(chunk)
+        except OSError as e:
+            raise ScanError(path, f"cannot read for hashing ({e})") from e
+    h.update(extra)
+    return h.hexdigest()

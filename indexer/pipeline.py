@@ -1,0 +1,237 @@
+"""The indexing job: scan folders -> masks -> mask features -> one committed store generation.
+
+Each stage is a function of data (``read_scan``, ``Proposer.propose``, ``extract_features``); this
+module only wires them, turns per-scan failures into outcomes (one bad scan never stops the others) and
+batches finished scans so the vector index is rewritten once per batch, not once per scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from indexer.features.encoders import ClipEncoder, EncoderSpec
+from indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
+from indexer.proposals import make_proposer
+from indexer.proposals.base import MaskFileError, MaskSet, Proposer
+from indexer.scans import Scan, ScanError, read_scan
+from storage import EncoderIdentity, InstanceEntry, ScanEntry, Store
+
+log = logging.getLogger(__name__)
+
+#: progress(scan_name, stage, done, total); stages: "read", "propose", "features", "store".
+ProgressFn = Callable[[str, str, int, int], None]
+
+#: Errors that make one scan fail without stopping the others: bad input, not bugs.
+SCAN_ERRORS: tuple[type[Exception], ...] = (ScanError, MaskFileError)
+
+
+@dataclass
+class IndexOptions:
+    """What ``index`` does for every scan.
+
+    Attributes:
+        proposer: "geometric" (default, no weights) or "file" (import masks).
+        masks: for "file": a mask file (one scan) or a folder holding ``<scan>.npz``,
+            ``<scan>_masks.npz`` or ``<scan>_masks.pt`` per scan.
+        proposer_options: extra keyword options for the proposer factory.
+        features: the mask-feature settings (frame step, top-k, crop levels, ...).
+        force: re-index scans whose content hash is unchanged (replacing them).
+        batch_size: scans committed together as one vector-index generation.
+    """
+
+    proposer: str = "geometric"
+    masks: Path | None = None
+    proposer_options: dict = field(default_factory=dict)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    force: bool = False
+    batch_size: int = 8
+
+
+@dataclass
+class ScanOutcome:
+    """What happened to one input path.
+
+    Attributes:
+        path: the folder given by the user.
+        name: the scan's name (None if it could not be read).
+        status: "indexed", "unchanged" (same content hash, skipped) or "failed".
+        instances: masks stored for the scan.
+        searchable: masks that got a vector (visible in at least one frame).
+        error: one-line reason when failed.
+        note: extra information for the user (e.g. a scan without frames gets no vectors).
+        seconds: wall time per stage.
+    """
+
+    path: Path
+    name: str | None = None
+    status: str = "failed"
+    instances: int = 0
+    searchable: int = 0
+    error: str | None = None
+    note: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def encoder_identity(spec: EncoderSpec) -> EncoderIdentity:
+    """The storage layer's view of an encoder (storage never imports torch or open_clip)."""
+    return EncoderIdentity(
+        name=spec.model,
+        pretrained=spec.pretrained,
+        checkpoint_sha256=spec.checkpoint_sha256,
+        dim=spec.dim,
+        random_weights=spec.random_weights,
+        details=spec.identity(),
+    )
+
+
+def _proposer_for(scan: Scan, options: IndexOptions) -> Proposer:
+    if options.proposer != "file":
+        return make_proposer(options.proposer, **options.proposer_options)
+    if options.masks is None:
+        raise MaskFileError(scan.root, "--proposer file needs --masks FILE_OR_FOLDER")
+    path = Path(options.masks)
+    if path.is_dir():
+        for cand in (f"{scan.name}.npz", f"{scan.name}_masks.npz", f"{scan.name}_masks.pt",
+                     f"{scan.root.name}.npz", f"{scan.root.name}_masks.pt"):
+            if (path / cand).is_file():
+                path = path / cand
+                break
+        else:
+            raise MaskFileError(path, f"no mask file for scan {scan.name!r} (looked for {scan.name}.npz, "
+                                      f"{scan.name}_masks.npz, {scan.name}_masks.pt)")
+    return make_proposer("file", path=path, **options.proposer_options)
+
+
+def build_entries(scan: Scan, masks: MaskSet, feats: InstanceFeatures, proposer: str,
+                  encoder: EncoderSpec, mask_method: str) -> tuple[ScanEntry, list[InstanceEntry]]:
+    """Turn one scan's results into storage records (vectors only for visible masks)."""
+    instances = [
+        InstanceEntry(
+            point_indices=masks[i],
+            score=float(masks.scores[i]),
+            vector=feats.vectors[i] if feats.valid[i] else None,
+            thumbnail=feats.thumbnails[i],
+            best_frame=int(feats.best_frame[i]) if feats.best_frame[i] >= 0 else None,
+        )
+        for i in range(len(masks))
+    ]
+    entry = ScanEntry(
+        name=scan.name,
+        source_path=str(scan.root.resolve()),
+        content_hash=scan.content_hash,
+        layout=scan.layout,
+        points=scan.points,
+        colors=scan.colors,
+        frame_count=len(scan.frames),
+        tags=list(scan.tags),
+        info={
+            "proposer": proposer,
+            "mask_method_2d": mask_method,
+            "frames_used": int(feats.stats.get("frames_used", 0)),
+            "clip_crops": int(feats.stats.get("clip_crops", 0)),
+            "encoder": encoder.model,
+        },
+    )
+    return entry, instances
+
+
+def index_paths(
+    paths: Sequence[Path | str],
+    store: Store,
+    encoder: ClipEncoder,
+    options: IndexOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> list[ScanOutcome]:
+    """Index every scan folder in ``paths`` into ``store``; return one outcome per path.
+
+    The encoder is checked against the catalog before any work is done (an
+    :class:`storage.EncoderMismatchError` propagates). A scan with bad input fails alone; finished
+    scans are committed in batches of ``options.batch_size``.
+    """
+    options = options or IndexOptions()
+    identity = encoder_identity(encoder.spec)
+    store.check_encoder(identity)
+    outcomes: list[ScanOutcome] = []
+    pending: list[tuple[ScanOutcome, ScanEntry, list[InstanceEntry], bool]] = []
+    seen: set[str] = set()
+
+    def report(name: str, stage: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(name, stage, done, total)
+
+    def flush() -> None:
+        if not pending:
+            return
+        # Replacements and fresh scans go in separate batches: add_scans takes one replace flag.
+        for replace in (False, True):
+            group = [p for p in pending if p[3] == replace]
+            if not group:
+                continue
+            t0 = time.perf_counter()
+            store.add_scans([(e, inst) for _, e, inst, _ in group], identity, replace=replace)
+            dt = time.perf_counter() - t0
+            for outcome, *_ in group:
+                outcome.status = "indexed"
+                outcome.seconds["store"] = dt / len(group)
+                report(outcome.name or "", "store", 1, 1)
+        pending.clear()
+
+    for raw in paths:
+        path = Path(raw)
+        outcome = ScanOutcome(path=path)
+        outcomes.append(outcome)
+        try:
+            t0 = time.perf_counter()
+            report(path.name, "read", 0, 1)
+            scan = read_scan(path)
+            outcome.name = scan.name
+            outcome.seconds["read"] = time.perf_counter() - t0
+            report(scan.name, "read", 1, 1)
+            if scan.name in seen:
+                raise ScanError(path, f"scan name {scan.name!r} given twice in one run")
+            seen.add(scan.name)
+            existing = store.find_scan(scan.name)
+            if existing is not None and existing.content_hash == scan.content_hash and not options.force:
+                outcome.status = "unchanged"
+                outcome.instances, outcome.searchable = existing.instances, existing.searchable
+                outcome.note = "unchanged since last index (use --force to re-index)"
+                continue
+
+            t0 = time.perf_counter()
+            proposer = _proposer_for(scan, options)
+            report(scan.name, "propose", 0, 1)
+            masks = proposer.propose(scan)
+            outcome.seconds["propose"] = time.perf_counter() - t0
+            report(scan.name, "propose", 1, 1)
+
+            t0 = time.perf_counter()
+            feats = extract_features(
+                scan, masks, encoder, options.features,
+                progress=lambda stage, done, total, _n=scan.name: report(_n, f"features:{stage}", done, total),
+            )
+            outcome.seconds["features"] = time.perf_counter() - t0
+
+            entry, instances = build_entries(scan, masks, feats, proposer.name, encoder.spec,
+                                             mask_method="projected-points-box")
+            outcome.instances = len(instances)
+            outcome.searchable = int(np.count_nonzero(feats.valid))
+            if not scan.frames:
+                outcome.note = "no RGB-D frames: masks stored but not searchable until views exist"
+            elif outcome.searchable < outcome.instances:
+                outcome.note = f"{outcome.instances - outcome.searchable} masks never visible: not searchable"
+            pending.append((outcome, entry, instances, existing is not None))
+        except SCAN_ERRORS as e:
+            outcome.status = "failed"
+            outcome.error = str(e)
+            log.warning("%s", e)
+            continue
+        if len(pending) >= options.batch_size:
+            flush()
+    flush()
+    return outcomes

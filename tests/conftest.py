@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny random-weight open_clip model in local-dir format, synthetic scans, temp homes.
+
+Nothing here touches the user's folders: every home is a temp dir and SCENEGREP_HOME points at it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the repo (design notes, real data, parity fixtures); skip when absent."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not present")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A random-weight open_clip ViT (embed dim 64, 64 px) saved in open_clip's local-dir format."""
+    from indexer.features.tinyclip import write_local_dir_model
+
+    return write_local_dir_model(tmp_path_factory.mktemp("clip") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_model(tiny_clip_dir) -> str:
+    """The --clip-model value that loads the tiny model through the user's code path."""
+    return f"local-dir:{tiny_clip_dir}"
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_clip_model):
+    from indexer.features.encoders import load_encoder
+
+    return load_encoder(tiny_clip_model, None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """Two small seeded synthetic scans (ScanNet layout with ground truth), shared read-only by tests."""
+    from indexer.synthetic import generate_scans
+
+    out = tmp_path_factory.mktemp("synth")
+    generate_scans(out, 2, seed=7, preset="small")
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_scans(synth_dir) -> list[Path]:
+    return sorted(p for p in synth_dir.iterdir() if p.is_dir())
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh scenegrep home; SCENEGREP_HOME points at it so no test touches ./scenegrep-home."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("SCENEGREP_HOME", str(h))
+    return h
