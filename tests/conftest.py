@@ -22,6 +22,32 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def openmask3d_fixture(shared_dir):
+    """(scan, masks, expected) of ../shared/fixtures/openmask3d-features (OpenMask3D's own outputs)."""
+    import numpy as np
+    from plyfile import PlyData
+
+    from indexer.proposals.base import MaskSet
+    from indexer.scans import Frame, Scan
+
+    root = shared_dir / "fixtures" / "openmask3d-features"
+    if not (root / "expected.npz").is_file():
+        pytest.skip("OpenMask3D fixture not present")
+    scene = root / "scene"
+    v = PlyData.read(str(scene / "scene.ply"))["vertex"]
+    pts = np.column_stack([v["x"], v["y"], v["z"]])
+    cols = np.column_stack([v["red"], v["green"], v["blue"]])
+    K = np.loadtxt(scene / "intrinsic" / "intrinsic_color.txt")[:3, :3]
+    frames = [Frame(i, scene / "color" / f"{i}.jpg", scene / "depth" / f"{i}.png",
+                    np.loadtxt(scene / "pose" / f"{i}.txt"), K, K, (320, 240), (320, 240), 1000.0)
+              for i in range(12)]
+    scan = Scan("openmask3d-fixture", scene, "scannet", pts, cols, frames)
+    with np.load(root / "expected.npz") as z:
+        expected = {k: z[k] for k in z.files}
+    return scan, MaskSet.load_npz(scene / "masks.npz"), expected
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A random-weight open_clip ViT (embed dim 64, 64 px) saved in open_clip's local-dir format."""
     from indexer.features.tinyclip import write_local_dir_model

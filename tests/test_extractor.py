@@ -211,25 +211,13 @@ def test_frame_step(tmp_path, encoder):
         FeatureConfig(frame_step=0)
 
 
-@pytest.mark.skipif(not (FIXTURE / "expected.npz").is_file(), reason="OpenMask3D fixture not present")
-def test_openmask3d_fixture_features():
-    plyfile = pytest.importorskip("plyfile")
-    scene = FIXTURE / "scene"
-    v = plyfile.PlyData.read(str(scene / "scene.ply"))["vertex"]
-    pts = np.column_stack([v["x"], v["y"], v["z"]])
-    cols = np.column_stack([v["red"], v["green"], v["blue"]])
-    K = np.loadtxt(scene / "intrinsic" / "intrinsic_color.txt")[:3, :3]
-    frames = [Frame(i, scene / "color" / f"{i}.jpg", scene / "depth" / f"{i}.png",
-                    np.loadtxt(scene / "pose" / f"{i}.txt"), K, K, (320, 240), (320, 240), 1000.0)
-              for i in range(12)]
-    scan = Scan("openmask3d-fixture", scene, "scannet", pts, cols, frames)
-    masks = MaskSet.load_npz(scene / "masks.npz")
+def test_openmask3d_fixture_features(openmask3d_fixture):
+    scan, masks, exp = openmask3d_fixture
     enc = load_encoder(f"local-dir:{FIXTURE / 'tinyclip'}", None)
     cfg = FeatureConfig(frame_step=1, depth_threshold=0.2, top_k=5, crop_levels=3, crop_expansion=0.1,
                         require_positive_depth=False, renormalize=False)
     feats = extract_features(scan, masks, enc, cfg)
-    with np.load(FIXTURE / "expected.npz") as z:
-        expected = z["features"]
+    expected = exp["features"]
     assert feats.stats["clip_crops"] == 132
     assert feats.valid.tolist() == [True] * 9 + [False]
     np.testing.assert_allclose(feats.vectors, expected, atol=1e-6, rtol=0)

@@ -21,7 +21,6 @@ from indexer.features.visibility import (
 from indexer.proposals.base import MaskSet
 from indexer.scans import Frame, Scan
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "openmask3d-features"
 
 K = np.array([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])
 W, H = 100, 80
@@ -220,26 +219,8 @@ def test_frame_positions_auto_step():
 # --------------------------------------------------------------------------------------------------
 
 
-def _load_fixture_scan() -> tuple[Scan, MaskSet, dict]:
-    plyfile = pytest.importorskip("plyfile")
-    scene = FIXTURE / "scene"
-    v = plyfile.PlyData.read(str(scene / "scene.ply"))["vertex"]
-    pts = np.column_stack([v["x"], v["y"], v["z"]])
-    cols = np.column_stack([v["red"], v["green"], v["blue"]])
-    Kf = np.loadtxt(scene / "intrinsic" / "intrinsic_color.txt")[:3, :3]
-    frames = [Frame(i, scene / "color" / f"{i}.jpg", scene / "depth" / f"{i}.png",
-                    np.loadtxt(scene / "pose" / f"{i}.txt"), Kf, Kf, (320, 240), (320, 240), 1000.0)
-              for i in range(12)]
-    scan = Scan("openmask3d-fixture", scene, "scannet", pts, cols, frames)
-    masks = MaskSet.load_npz(scene / "masks.npz")
-    with np.load(FIXTURE / "expected.npz") as z:
-        expected = {k: z[k] for k in z.files}
-    return scan, masks, expected
-
-
-@pytest.mark.skipif(not (FIXTURE / "expected.npz").is_file(), reason="OpenMask3D fixture not present")
-def test_openmask3d_fixture_counts_topk_and_boxes():
-    scan, masks, exp = _load_fixture_scan()
+def test_openmask3d_fixture_counts_topk_and_boxes(openmask3d_fixture):
+    scan, masks, exp = openmask3d_fixture
     vis = compute_visibility(scan, masks, frame_positions(len(scan.frames), 1), threshold=0.2, top_k=5,
                              require_positive_depth=False)
     assert np.array_equal(vis.counts, exp["visible_counts"])
