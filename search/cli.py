@@ -255,9 +255,8 @@ def show(ctx, instance_id, as_json):
     from search.engine import SearchEngine
 
     with _open_store(ctx, read_only=True) as store:
-        engine = SearchEngine(store)
-        hit = engine.hit(instance_id)
         info = store.instance(instance_id)
+        hit = SearchEngine(store).hit_for(info)
         scan = store.find_scan(hit.scan)
     data = hit.to_dict()
     data.pop("score")

@@ -16,7 +16,7 @@ import numpy as np
 from indexer.features.encoders import ClipEncoder, load_encoder
 from indexer.pipeline import encoder_identity
 from search.hits import Hit, HitPoints
-from storage import EncoderIdentity, Store
+from storage import InstanceInfo, Store
 from storage.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,15 @@ class SearchEngine:
             raise ValueError("query vector must be finite and non-zero")
         ranked = self.store.search(q / norm, k, scans=list(scans) if scans else None)[0]
         infos = self.store.instances_by_ids([i for i, _ in ranked])
-        return [self._hit(infos[i], score) for i, score in ranked if i in infos]
+        return [self.hit_for(infos[i], score) for i, score in ranked if i in infos]
 
     # -- hits ------------------------------------------------------------------------------------
 
     def hit(self, instance_id: int, score: float = float("nan")) -> Hit:
-        return self._hit(self.store.instance(instance_id), score)
+        return self.hit_for(self.store.instance(instance_id), score)
 
-    def _hit(self, info, score: float) -> Hit:
+    def hit_for(self, info: InstanceInfo, score: float = float("nan")) -> Hit:
+        """The :class:`Hit` of an instance already read from the catalog."""
         return Hit(
             id=int(info.id),
             scan=info.scan_name,
@@ -141,6 +142,3 @@ class SearchEngine:
         idx, xyz, rgb = self.store.instance_points(instance_id)
         return HitPoints(indices=idx, xyz=xyz, rgb=rgb)
 
-
-def identity_summary(ident: EncoderIdentity | None) -> str:
-    return "none" if ident is None else ident.describe()
