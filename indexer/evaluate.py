@@ -221,12 +221,15 @@ def evaluate_masks(pred: MaskSet, gt_instances: np.ndarray, min_region_size: int
     return evaluate_many([(pred, gt_instances)], min_region_size)
 
 
-def load_gt(scan_dir: Path | str) -> np.ndarray:
-    """``<scan_dir>/gt_instances.npy`` (int per point, 0 = none)."""
+def load_gt(scan_dir: Path | str, num_points: int | None = None) -> np.ndarray:
+    """``<scan_dir>/gt_instances.npy`` (int per point, 0 = none), checked against ``num_points`` if given."""
     path = Path(scan_dir) / "gt_instances.npy"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no ground truth (gt_instances.npy) in this scan folder")
-    return np.load(path, allow_pickle=False)
+    gt = np.load(path, allow_pickle=False)
+    if num_points is not None and gt.shape != (num_points,):
+        raise ValueError(f"{path}: {gt.size} labels for {num_points} points")
+    return gt
 
 
 def evaluate_scan_dir(scan_dir: Path | str, proposer: Proposer) -> MaskAP:
@@ -234,7 +237,5 @@ def evaluate_scan_dir(scan_dir: Path | str, proposer: Proposer) -> MaskAP:
     from indexer.scans import read_scan
 
     scan = read_scan(Path(scan_dir))
-    gt = load_gt(scan_dir)
-    if gt.shape != (scan.num_points,):
-        raise ValueError(f"{Path(scan_dir) / 'gt_instances.npy'}: {gt.size} labels for {scan.num_points} points")
+    gt = load_gt(scan_dir, scan.num_points)
     return evaluate_masks(proposer.propose(scan), gt)

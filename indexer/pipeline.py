@@ -90,7 +90,8 @@ def encoder_identity(spec: EncoderSpec) -> EncoderIdentity:
     )
 
 
-def _proposer_for(scan: Scan, options: IndexOptions) -> Proposer:
+def proposer_for(scan: Scan, options: IndexOptions) -> Proposer:
+    """The proposer ``options`` ask for, with ``--masks`` resolved to this scan's file for "file"."""
     if options.proposer != "file":
         return make_proposer(options.proposer, **options.proposer_options)
     if options.masks is None:
@@ -204,7 +205,7 @@ def index_paths(
                 continue
 
             t0 = time.perf_counter()
-            proposer = _proposer_for(scan, options)
+            proposer = proposer_for(scan, options)
             report(scan.name, "propose", 0, 1)
             masks = proposer.propose(scan)
             outcome.seconds["propose"] = time.perf_counter() - t0

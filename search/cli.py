@@ -338,13 +338,10 @@ def stats(ctx, as_json):
 
 # -- masks ------------------------------------------------------------------------------------------
 
-def _propose(scan_dir: Path, proposer: str, masks: Path | None):
-    from indexer.pipeline import IndexOptions, _proposer_for
-    from indexer.scans import read_scan
+def _propose(scan, proposer: str, masks: Path | None):
+    from indexer.pipeline import IndexOptions, proposer_for
 
-    scan = read_scan(scan_dir)
-    prop = _proposer_for(scan, IndexOptions(proposer=proposer, masks=masks))
-    return scan, prop.propose(scan)
+    return proposer_for(scan, IndexOptions(proposer=proposer, masks=masks)).propose(scan)
 
 
 @cli.command()
@@ -354,7 +351,10 @@ def _propose(scan_dir: Path, proposer: str, masks: Path | None):
 @_proposer_options
 def propose(scan_dir, out, proposer, masks):
     """Write class-agnostic mask proposals for one scan without indexing."""
-    scan, ms = _propose(scan_dir, proposer, masks)
+    from indexer.scans import read_scan
+
+    scan = read_scan(scan_dir)
+    ms = _propose(scan, proposer, masks)
     ms.save_npz(out)
     click.echo(f"wrote {len(ms)} masks over {ms.num_points} points of {scan.name} to {out}")
 
@@ -365,15 +365,12 @@ def propose(scan_dir, out, proposer, masks):
 @click.option("--json", "as_json", is_flag=True)
 def eval_masks(scan_dir, proposer, masks, as_json):
     """Class-agnostic AP of a proposer against the scan's gt_instances.npy (ScanNet protocol)."""
-    from indexer.evaluate import evaluate_masks
+    from indexer.evaluate import evaluate_masks, load_gt
+    from indexer.scans import read_scan
 
-    gt_path = Path(scan_dir) / "gt_instances.npy"
-    if not gt_path.is_file():
-        raise click.ClickException(f"{gt_path}: no ground truth (gt_instances.npy) in this scan folder")
-    scan, ms = _propose(scan_dir, proposer, masks)
-    gt = np.load(gt_path)
-    if gt.shape != (scan.num_points,):
-        raise click.ClickException(f"{gt_path}: {gt.shape[0]} labels for {scan.num_points} points")
+    scan = read_scan(scan_dir)
+    gt = load_gt(scan_dir, scan.num_points)  # a bad ground truth fails before the proposals run
+    ms = _propose(scan, proposer, masks)
     res = evaluate_masks(ms, gt)
     data = {"scan": scan.name, "proposer": proposer, "masks": len(ms),
             "ap": float(res.ap), "ap50": float(res.ap50), "ap25": float(res.ap25)}
