@@ -5,9 +5,11 @@
 * ``"geometric"`` (default, no weights): options are :class:`~indexer.proposals.geometric.GeometricConfig`
   fields (or ``config=GeometricConfig(...)``).
 * ``"file"``: ``path=`` a mask file (``.npz`` or OpenMask3D ``*_masks.pt``).
+* ``"mask3d"``: ``checkpoint=`` a Mask3D checkpoint; other options are
+  :class:`~indexer.proposals.mask3d.proposer.Mask3DOptions` fields.
 
-Other proposers (e.g. a learned ``"mask3d"``) plug in with :func:`register_proposer`. Implementations are
-imported lazily, so importing this package does not import torch.
+Other proposers plug in with :func:`register_proposer`. Implementations are imported lazily, so importing
+this package does not import torch or spconv.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ def _file(**options: Any) -> Proposer:
     return FileProposer(**options)
 
 
-_REGISTRY: dict[str, Callable[..., Proposer]] = {"geometric": _geometric, "file": _file}
+def _mask3d(**options: Any) -> Proposer:
+    from indexer.proposals.mask3d.proposer import Mask3DOptions, Mask3DProposer
+
+    if options.get("checkpoint") is None:
+        raise ValueError("the 'mask3d' proposer needs a checkpoint (--checkpoint PATH to a Mask3D .ckpt)")
+    return Mask3DProposer(Mask3DOptions(**options))
+
+
+_REGISTRY: dict[str, Callable[..., Proposer]] = {"geometric": _geometric, "file": _file, "mask3d": _mask3d}
 
 
 def register_proposer(name: str, factory: Callable[..., Proposer]) -> None:
