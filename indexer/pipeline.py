@@ -7,14 +7,16 @@ batches finished scans so the vector index is rewritten once per batch, not once
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from indexer.features.crops import MaskRefiner, ProjectedPointsRefiner
 from indexer.features.encoders import ClipEncoder, EncoderSpec
 from indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
 from indexer.proposals import make_proposer
@@ -36,11 +38,16 @@ class IndexOptions:
     """What ``index`` does for every scan.
 
     Attributes:
-        proposer: "geometric" (default, no weights) or "file" (import masks).
+        proposer: a registered proposer name: "geometric" (default, no weights), "file" (import masks),
+            "mask3d" (``proposer_options`` carry its checkpoint), ...
         masks: for "file": a mask file (one scan) or a folder holding ``<scan>.npz``,
             ``<scan>_masks.npz`` or ``<scan>_masks.pt`` per scan.
         proposer_options: extra keyword options for the proposer factory.
         features: the mask-feature settings (frame step, top-k, crop levels, ...).
+        refiner: the 2D mask refiner, built once for the whole job (e.g. SAM, see :func:`build_refiner`);
+            None = the projected visible pixels' box.
+        preset: name of the feature preset the settings came from (recorded only).
+        seed: the seed of the refiner's sampling (recorded; the refiner was built with it).
         force: re-index scans whose content hash is unchanged (replacing them).
         batch_size: scans committed together as one vector-index generation.
     """
@@ -49,6 +56,9 @@ class IndexOptions:
     masks: Path | None = None
     proposer_options: dict = field(default_factory=dict)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    refiner: MaskRefiner | None = None
+    preset: str | None = None
+    seed: int = 0
     force: bool = False
     batch_size: int = 8
 
@@ -109,14 +119,71 @@ def proposer_for(scan: Scan, options: IndexOptions) -> Proposer:
     return make_proposer("file", path=path, **options.proposer_options)
 
 
+def build_refiner(sam_model: str | None, sam_checkpoint: Path | str | None, *, device: str = "cpu",
+                  precision: str = "fp32", seed: int = 0, rounds: int = 10, points: int = 5) -> MaskRefiner | None:
+    """The job's 2D mask refiner: SAM from ``sam_checkpoint`` (loaded once here, reused for every scan),
+    or None (the projected-points box) without a checkpoint.
+
+    Raises:
+        ValueError: a checkpoint without a model name.
+        indexer.weights.WeightsFileError: the checkpoint cannot be used (one line naming the file).
+    """
+    if sam_checkpoint is None:
+        return None
+    if sam_model is None:
+        raise ValueError(f"{sam_checkpoint}: a SAM checkpoint needs its model name (vit_b, vit_l or vit_h)")
+    from indexer.features.sam import load_sam_refiner  # imports segment_anything and torch
+
+    return load_sam_refiner(sam_model, sam_checkpoint, device=device, precision=precision, seed=seed,
+                            rounds=rounds, points=points)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with paths, tuples and numpy scalars turned into JSON types (catalog info is JSON)."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def component_identity(obj: Any) -> dict[str, Any]:
+    """What the catalog records about a proposer or refiner: its ``identity()`` when it has one, else its
+    name."""
+    ident = obj.identity() if callable(getattr(obj, "identity", None)) else {}
+    return _jsonable({"name": getattr(obj, "name", type(obj).__name__), **ident})
+
+
+def job_info(options: IndexOptions, encoder: Any, proposer: Any | None = None) -> dict[str, Any]:
+    """The per-job part of every scan's catalog info: how its masks and vectors were made."""
+    refiner = options.refiner or ProjectedPointsRefiner()
+    info: dict[str, Any] = {
+        "mask_method_2d": refiner.name,
+        "mask_method_2d_identity": component_identity(refiner),
+        "preset": options.preset,
+        "features": _jsonable(asdict(options.features)),
+        "precision": getattr(encoder, "precision", "fp32"),
+        "device": str(getattr(encoder, "device", "cpu")),
+        "seed": int(options.seed),
+    }
+    if proposer is not None:
+        info["proposer_identity"] = component_identity(proposer)
+    return info
+
+
 def build_entries(scan: Scan, masks: MaskSet, feats: InstanceFeatures, proposer: str,
-                  encoder: EncoderSpec, mask_method: str) -> tuple[ScanEntry, list[InstanceEntry]]:
-    """Turn one scan's results into storage records (vectors only for visible masks)."""
+                  encoder: EncoderSpec, mask_method: str,
+                  extra_info: Mapping[str, Any] | None = None) -> tuple[ScanEntry, list[InstanceEntry]]:
+    """Turn one scan's results into storage records (vectors only for visible masks).
+
+    Vectors are stored as unit directions: with ``renormalize=False`` (OpenMask3D's raw mean, norm < 1)
+    the direction is what cosine search and OpenMask3D's own scoring use. ``extra_info`` (e.g.
+    :func:`job_info`) is merged into the scan's catalog info.
+    """
+    def unit(v: np.ndarray) -> np.ndarray:
+        return (v / np.linalg.norm(v.astype(np.float64))).astype(np.float32)
+
     instances = [
         InstanceEntry(
             point_indices=masks[i],
             score=float(masks.scores[i]),
-            vector=feats.vectors[i] if feats.valid[i] else None,
+            vector=unit(feats.vectors[i]) if feats.valid[i] else None,
             thumbnail=feats.thumbnails[i],
             best_frame=int(feats.best_frame[i]) if feats.best_frame[i] >= 0 else None,
         )
@@ -132,10 +199,13 @@ def build_entries(scan: Scan, masks: MaskSet, feats: InstanceFeatures, proposer:
         frame_count=len(scan.frames),
         tags=list(scan.tags),
         info={
+            **(extra_info or {}),
             "proposer": proposer,
             "mask_method_2d": mask_method,
             "frames_used": int(feats.stats.get("frames_used", 0)),
             "clip_crops": int(feats.stats.get("clip_crops", 0)),
+            "sam_image_encodings": int(feats.stats.get("sam_image_encodings", 0)),
+            "sam_fallbacks": int(feats.stats.get("sam_fallbacks", 0)),
             "encoder": encoder.model,
         },
     )
@@ -151,13 +221,19 @@ def index_paths(
 ) -> list[ScanOutcome]:
     """Index every scan folder in ``paths`` into ``store``; return one outcome per path.
 
-    The encoder is checked against the catalog before any work is done (an
-    :class:`storage.EncoderMismatchError` propagates). A scan with bad input fails alone; finished
-    scans are committed in batches of ``options.batch_size``.
+    The encoder is checked against the catalog and the proposer is built (a model proposer loads its
+    checkpoint once for the whole job) before any scan is read, so an
+    :class:`storage.EncoderMismatchError` or a bad checkpoint's error propagates. A scan with bad input
+    fails alone; finished scans are committed in batches of ``options.batch_size``.
     """
     options = options or IndexOptions()
     identity = encoder_identity(encoder.spec)
     store.check_encoder(identity)
+    # "file" resolves a mask file per scan; every other proposer is one object for the whole job.
+    shared_proposer = (None if options.proposer == "file"
+                       else make_proposer(options.proposer, **options.proposer_options))
+    refiner = options.refiner or ProjectedPointsRefiner()
+    base_info = job_info(options, encoder, shared_proposer)
     outcomes: list[ScanOutcome] = []
     pending: list[tuple[ScanOutcome, ScanEntry, list[InstanceEntry], bool]] = []
     seen: set[str] = set()
@@ -205,7 +281,7 @@ def index_paths(
                 continue
 
             t0 = time.perf_counter()
-            proposer = proposer_for(scan, options)
+            proposer = shared_proposer if shared_proposer is not None else proposer_for(scan, options)
             report(scan.name, "propose", 0, 1)
             masks = proposer.propose(scan)
             outcome.seconds["propose"] = time.perf_counter() - t0
@@ -215,11 +291,15 @@ def index_paths(
             feats = extract_features(
                 scan, masks, encoder, options.features,
                 progress=lambda stage, done, total, _n=scan.name: report(_n, f"features:{stage}", done, total),
+                refiner=refiner,
             )
             outcome.seconds["features"] = time.perf_counter() - t0
 
+            info = base_info
+            if shared_proposer is None:
+                info = {**base_info, "proposer_identity": component_identity(proposer)}
             entry, instances = build_entries(scan, masks, feats, proposer.name, encoder.spec,
-                                             mask_method="projected-points-box")
+                                             mask_method=refiner.name, extra_info=info)
             outcome.instances = len(instances)
             outcome.searchable = int(np.count_nonzero(feats.valid))
             if not scan.frames:

@@ -16,20 +16,22 @@ import click
 import numpy as np
 
 from indexer.features.encoders import EncoderWeightsError, load_encoder
-from indexer.features.extractor import FeatureConfig
+from indexer.features.presets import PRESETS, SAM_MODELS, Preset, get_preset, sam_model_for
+from indexer.proposals import proposer_names
 from indexer.proposals.base import MaskFileError
 from indexer.scans import ScanError
+from indexer.weights import WeightsFileError
 from storage.errors import StoreError
 
 log = logging.getLogger("scenegrep")
 
 #: Errors caused by the user's input or environment: shown as one line, exit code 1.
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ScanError, MaskFileError, StoreError, EncoderWeightsError, ValueError, FileNotFoundError,
+    ScanError, MaskFileError, StoreError, EncoderWeightsError, WeightsFileError, ValueError, FileNotFoundError,
 )
 
 DEFAULT_HOME = "./scenegrep-home"
-DEFAULT_CLIP = ("ViT-L-14-336", "openai")
+DEFAULT_CLIP = (PRESETS["default"].clip_model, PRESETS["default"].clip_pretrained)
 DEMO_CLIP = ("ViT-B-32", "openai")
 DEMO_QUERIES = ("a red chair", "a wooden table", "a blue box")
 
@@ -106,10 +108,14 @@ def main() -> None:
 
 # -- shared options ---------------------------------------------------------------------------------
 
+def _device_option(f):
+    return click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                        help="Device for the models (CLIP, SAM, Mask3D).")(f)
+
+
 def _encoder_options(default_model: tuple[str, str] = DEFAULT_CLIP):
     def deco(f):
-        f = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-                         help="Device for CLIP.")(f)
+        f = _device_option(f)
         f = click.option("--allow-random-weights", is_flag=True,
                          help="If the CLIP weights cannot be loaded, use RANDOM weights (tests/offline demo only; "
                               "results are meaningless and the catalog records it).")(f)
@@ -123,11 +129,49 @@ def _encoder_options(default_model: tuple[str, str] = DEFAULT_CLIP):
 
 
 def _proposer_options(f):
+    f = click.option("--mask3d-colors", type=click.Choice(["scannet", "unit"]), default="scannet",
+                     show_default=True,
+                     help="For mask3d: colour normalisation: ScanNet mean/std (what the released checkpoints were "
+                          "trained on) or OpenMask3D's single-scene [0, 1] colours.")(f)
+    f = click.option("--mask3d-topk", type=click.IntRange(min=1), default=750, show_default=True,
+                     help="For mask3d: masks kept by --mask3d-postprocess mask3d (Mask3D's topk_per_image).")(f)
+    f = click.option("--mask3d-postprocess", type=click.Choice(["default", "openmask3d", "mask3d"]),
+                     default="default", show_default=True,
+                     help="For mask3d: default = every connected part of every query once with its best class; "
+                          "openmask3d / mask3d = those projects' own top-k selection.")(f)
+    f = click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+                     help="For --proposer mask3d: a Mask3D checkpoint (e.g. scannet200_val.ckpt).")(f)
     f = click.option("--masks", type=click.Path(exists=True, path_type=Path),
                      help="For --proposer file: a mask file (.npz or OpenMask3D *_masks.pt) or a folder of them.")(f)
-    f = click.option("--proposer", type=click.Choice(["geometric", "file"]), default="geometric",
+    f = click.option("--proposer", type=click.Choice(proposer_names()), default="geometric",
                      show_default=True, help="Class-agnostic mask proposer.")(f)
     return f
+
+
+_MASK3D_OPTIONS = {"mask3d_postprocess": "postprocess", "mask3d_topk": "topk", "mask3d_colors": "colors"}
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (not click's default): explicit options beat a preset."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src not in (click.core.ParameterSource.DEFAULT,
+                                           click.core.ParameterSource.DEFAULT_MAP)
+
+
+def _proposer_settings(ctx: click.Context, proposer: str, checkpoint: Path | None, device: str) -> dict:
+    """``proposer_options`` for the chosen proposer; one-line errors for options it does not take."""
+    p = ctx.params
+    if proposer != "mask3d":
+        given = [n for n in ("checkpoint", *_MASK3D_OPTIONS) if _explicit(ctx, n)]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise click.ClickException(f"{flags} only appl{'ies' if len(given) == 1 else 'y'} to --proposer mask3d")
+        return {}
+    if checkpoint is None:
+        raise click.ClickException("--proposer mask3d needs --checkpoint PATH (a Mask3D .ckpt file)")
+    if not checkpoint.is_file():
+        raise click.ClickException(f"{checkpoint}: Mask3D checkpoint not found")
+    return {"checkpoint": checkpoint, "device": device, **{v: p[k] for k, v in _MASK3D_OPTIONS.items()}}
 
 
 def _pretrained(model: str, value: str | None, default: str) -> str | None:
@@ -138,9 +182,9 @@ def _pretrained(model: str, value: str | None, default: str) -> str | None:
 
 
 def _load_encoder(model: str, pretrained: str | None, device: str, allow_random: bool,
-                  default_tag: str = DEFAULT_CLIP[1]):
+                  default_tag: str = DEFAULT_CLIP[1], precision: str = "fp32"):
     enc = load_encoder(model, _pretrained(model, pretrained, default_tag), device=device,
-                       allow_random_weights=allow_random)
+                       allow_random_weights=allow_random, precision=precision)
     if enc.spec.random_weights:
         _err(f"WARNING: CLIP {model} is running with RANDOM weights: vectors and scores are meaningless.")
     return enc
@@ -166,25 +210,109 @@ def _progress_printer(quiet: bool):
 
 # -- index ------------------------------------------------------------------------------------------
 
+class _FrameStep(click.ParamType):
+    """A frame step N >= 1, or "auto" (None: every frame up to the frame budget)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or (isinstance(value, int) and value >= 1):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            self.fail(f"{value!r} is neither a positive integer nor 'auto'", param, ctx)
+        return n
+
+
+#: ``index`` options whose value comes from the preset unless given explicitly.
+_PRESET_OPTIONS = ("frame_step", "depth_threshold", "top_k", "crop_levels", "crop_expansion",
+                   "sam_rounds", "sam_points", "clip_model")
+_DEFAULTS = PRESETS["default"]
+
+
+def _resolve_preset(ctx: click.Context) -> Preset:
+    """The chosen preset with every explicitly given option replacing its value."""
+    preset = get_preset(ctx.params["preset"])
+    return preset.with_overrides(**{n: ctx.params[n] for n in _PRESET_OPTIONS if _explicit(ctx, n)})
+
+
+def _sam_settings(ctx: click.Context, preset: Preset) -> tuple[str | None, Path | None]:
+    """(SAM model, checkpoint), or (None, None) without SAM; one-line errors for inconsistent options."""
+    p = ctx.params
+    checkpoint: Path | None = p["sam_checkpoint"]
+    if checkpoint is None:
+        if p["sam_model"] is not None:
+            raise click.ClickException(f"--sam-model {p['sam_model']} needs --sam-checkpoint PATH "
+                                       "(SAM never runs with random weights)")
+        given = [n for n in ("sam_rounds", "sam_points") if _explicit(ctx, n)]
+        if given:
+            flags = " and ".join("--" + n.replace("_", "-") for n in given)
+            raise click.ClickException(f"{flags} only appl{'ies' if len(given) == 1 else 'y'} "
+                                       "with --sam-checkpoint")
+        return None, None
+    if not checkpoint.is_file():
+        raise click.ClickException(f"{checkpoint}: SAM checkpoint not found")
+    return sam_model_for(checkpoint, p["sam_model"], preset), checkpoint
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_proposer_options
-@click.option("--frame-step", type=click.IntRange(min=1), default=None,
-              help="Use every N-th frame (default: auto, at most 300 frames per scan; OpenMask3D uses 10).")
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Views per mask.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="default", show_default=True,
+              help="Mask-feature settings: the project's defaults or OpenMask3D's exact ones (see README); "
+                   "options given explicitly override the preset's values.")
+@click.option("--frame-step", type=_FrameStep(), default=None,
+              help="Use every N-th frame, or 'auto' (every frame up to 300, else at most 300) "
+                   "[default: the preset's: auto; openmask3d 10].")
+@click.option("--top-k", type=click.IntRange(min=1), default=_DEFAULTS.top_k, show_default=True,
+              help="Views per mask.")
+@click.option("--depth-threshold", type=click.FloatRange(min=0.0), default=_DEFAULTS.depth_threshold,
+              show_default=True, help="Metres: a point is visible when |sensor depth - z| <= this.")
+@click.option("--crop-levels", type=click.IntRange(min=1), default=_DEFAULTS.crop_levels, show_default=True,
+              help="Nested crops per view.")
+@click.option("--crop-expansion", type=click.FloatRange(min=0.0), default=_DEFAULTS.crop_expansion,
+              show_default=True, help="Per-level crop box growth.")
+@click.option("--sam-model", type=click.Choice(SAM_MODELS), default=None,
+              help="SAM architecture of --sam-checkpoint [default: from the file name (sam_vit_h_*.pth), "
+                   "else the preset's (openmask3d: vit_h)].")
+@click.option("--sam-checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Refine each mask's 2D region with SAM from this checkpoint (segment_anything .pth). "
+                   "Without it the box of the mask's projected visible points is used.")
+@click.option("--sam-rounds", type=click.IntRange(min=1), default=_DEFAULTS.sam_rounds, show_default=True,
+              help="SAM prompting rounds per (mask, view); the highest predicted IoU wins.")
+@click.option("--sam-points", type=click.IntRange(min=1), default=_DEFAULTS.sam_points, show_default=True,
+              help="Positive prompt points per SAM round.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of SAM's prompt sampling (same input and seed give the same vectors).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Precision of CLIP and SAM.")
 @_encoder_options()
 @click.option("--force", is_flag=True, help="Re-index scans even if unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print outcomes as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @click.pass_context
-def index(ctx, paths, proposer, masks, frame_step, top_k, clip_model, clip_pretrained,
-          allow_random_weights, device, force, as_json, quiet):
+def index(ctx, paths, proposer, masks, checkpoint, mask3d_postprocess, mask3d_topk, mask3d_colors, preset,
+          frame_step, top_k, depth_threshold, crop_levels, crop_expansion, sam_model, sam_checkpoint, sam_rounds,
+          sam_points, seed, precision, clip_model, clip_pretrained, allow_random_weights, device, force, as_json,
+          quiet):
     """Index scan folders (ScanNet or 7-Scenes layout) into the home."""
-    from indexer.pipeline import IndexOptions, index_paths
+    from indexer.pipeline import IndexOptions, build_refiner, index_paths
 
-    options = IndexOptions(proposer=proposer, masks=masks, force=force,
-                           features=FeatureConfig(frame_step=frame_step, top_k=top_k))
-    encoder = _load_encoder(clip_model, clip_pretrained, device, allow_random_weights)
+    settings = _resolve_preset(ctx)
+    proposer_options = _proposer_settings(ctx, proposer, checkpoint, device)
+    sam_model, sam_checkpoint = _sam_settings(ctx, settings)
+    encoder = _load_encoder(settings.clip_model, clip_pretrained, device, allow_random_weights,
+                            settings.clip_pretrained, precision)
+    refiner = build_refiner(sam_model, sam_checkpoint, device=device, precision=precision, seed=seed,
+                            rounds=settings.sam_rounds, points=settings.sam_points)
+    options = IndexOptions(proposer=proposer, masks=masks, proposer_options=proposer_options,
+                           features=settings.feature_config(), refiner=refiner, preset=settings.name, seed=seed,
+                           force=force)
     with _open_store(ctx) as store:
         outcomes = index_paths(paths, store, encoder, options, progress=_progress_printer(quiet or as_json))
     if as_json:
@@ -249,8 +377,10 @@ def _print_hits(query: str, hits: Sequence) -> None:
 @cli.command()
 @click.argument("instance_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--vector", "with_vector", is_flag=True,
+              help="Include the stored vector (float16 in the catalog, given as float32; null without one).")
 @click.pass_context
-def show(ctx, instance_id, as_json):
+def show(ctx, instance_id, as_json, with_vector):
     """Details of one instance."""
     from search.engine import SearchEngine
 
@@ -258,15 +388,20 @@ def show(ctx, instance_id, as_json):
         info = store.instance(instance_id)
         hit = SearchEngine(store).hit_for(info)
         scan = store.find_scan(hit.scan)
+        vector = store.instance_vector(instance_id) if with_vector else None
     data = hit.to_dict()
     data.pop("score")
+    scan_info = scan.info if scan else {}
     data.update(searchable=bool(info.searchable), best_frame=info.best_frame,
-                mask_index=int(info.mask_index), scan_source=scan.source_path if scan else None)
+                mask_index=int(info.mask_index), scan_source=scan.source_path if scan else None,
+                proposer=scan_info.get("proposer"), mask_method_2d=scan_info.get("mask_method_2d"))
+    if with_vector:
+        data["vector"] = None if vector is None else np.asarray(vector, np.float32).tolist()
     if as_json:
         _echo_json(data)
     else:
         for key, value in data.items():
-            click.echo(f"{key:<12} {value}")
+            click.echo(f"{key:<15} {value}")
 
 
 @cli.command()
@@ -301,6 +436,8 @@ def scans(ctx, as_json):
         "name": s.name, "status": s.status, "instances": s.instances, "searchable": s.searchable,
         "points": s.point_count, "frames": s.frame_count, "layout": s.layout, "source": s.source_path,
         "indexed_at": str(s.indexed_at) if s.indexed_at else None, "tags": s.tags,
+        "proposer": s.info.get("proposer"), "mask_method_2d": s.info.get("mask_method_2d"),
+        "preset": s.info.get("preset"), "info": s.info,
     } for s in rows]
     if as_json:
         _echo_json(data)
@@ -309,7 +446,8 @@ def scans(ctx, as_json):
         click.echo("no scans indexed")
     for d in data:
         click.echo(f"{d['name']:<24} {d['status']:<8} {d['instances']:>5} instances "
-                   f"({d['searchable']} searchable)  {d['points']} points  {d['frames']} frames  {d['source']}")
+                   f"({d['searchable']} searchable)  {d['points']} points  {d['frames']} frames  "
+                   f"masks {d['proposer']}/{d['mask_method_2d']}  {d['source']}")
 
 
 @cli.command()
@@ -338,10 +476,19 @@ def stats(ctx, as_json):
 
 # -- masks ------------------------------------------------------------------------------------------
 
-def _propose(scan, proposer: str, masks: Path | None):
-    from indexer.pipeline import IndexOptions, proposer_for
+def _mask_options(ctx: click.Context):
+    """The proposer settings of ``propose`` / ``eval-masks``, checked before any scan is read."""
+    from indexer.pipeline import IndexOptions
 
-    return proposer_for(scan, IndexOptions(proposer=proposer, masks=masks)).propose(scan)
+    p = ctx.params
+    return IndexOptions(proposer=p["proposer"], masks=p["masks"],
+                        proposer_options=_proposer_settings(ctx, p["proposer"], p["checkpoint"], p["device"]))
+
+
+def _propose(scan, options):
+    from indexer.pipeline import proposer_for
+
+    return proposer_for(scan, options).propose(scan)
 
 
 @cli.command()
@@ -349,12 +496,15 @@ def _propose(scan, proposer: str, masks: Path | None):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output .npz (the project's sparse mask format).")
 @_proposer_options
-def propose(scan_dir, out, proposer, masks):
+@_device_option
+@click.pass_context
+def propose(ctx, scan_dir, out, proposer, masks, checkpoint, mask3d_postprocess, mask3d_topk, mask3d_colors, device):
     """Write class-agnostic mask proposals for one scan without indexing."""
     from indexer.scans import read_scan
 
+    options = _mask_options(ctx)
     scan = read_scan(scan_dir)
-    ms = _propose(scan, proposer, masks)
+    ms = _propose(scan, options)
     ms.save_npz(out)
     click.echo(f"wrote {len(ms)} masks over {ms.num_points} points of {scan.name} to {out}")
 
@@ -362,15 +512,19 @@ def propose(scan_dir, out, proposer, masks):
 @cli.command("eval-masks")
 @click.argument("scan_dir", type=click.Path(path_type=Path))
 @_proposer_options
+@_device_option
 @click.option("--json", "as_json", is_flag=True)
-def eval_masks(scan_dir, proposer, masks, as_json):
+@click.pass_context
+def eval_masks(ctx, scan_dir, proposer, masks, checkpoint, mask3d_postprocess, mask3d_topk, mask3d_colors, device,
+               as_json):
     """Class-agnostic AP of a proposer against the scan's gt_instances.npy (ScanNet protocol)."""
     from indexer.evaluate import evaluate_masks, load_gt
     from indexer.scans import read_scan
 
+    options = _mask_options(ctx)
     scan = read_scan(scan_dir)
     gt = load_gt(scan_dir, scan.num_points)  # a bad ground truth fails before the proposals run
-    ms = _propose(scan, proposer, masks)
+    ms = _propose(scan, options)
     res = evaluate_masks(ms, gt)
     data = {"scan": scan.name, "proposer": proposer, "masks": len(ms),
             "ap": float(res.ap), "ap50": float(res.ap50), "ap25": float(res.ap25)}

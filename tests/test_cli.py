@@ -128,3 +128,208 @@ def test_synth_command(tmp_path):
     res = run("synth", tmp_path / "s", "--scans", "1", "--seed", "3")
     (path,) = res.stdout.split()
     assert (Path(path) / "gt_instances.npy").is_file()
+
+
+# -- presets, 2D-mask method, stored vectors --------------------------------------------------------------------
+
+
+def _instance_ids(home: Path, scan_name: str) -> list[int]:
+    from storage import Store
+
+    with Store.open(home, read_only=True) as store:
+        return [i.id for i in store.instances(scan_name)]
+
+
+def test_index_openmask3d_preset_end_to_end(home, synth_scans, tiny_clip_model, tiny_encoder):
+    """``--preset openmask3d`` with one explicit override: the catalog records the settings used, and
+    every stored vector is the unit direction of OpenMask3D's raw mean computed with those settings."""
+    from indexer.features.extractor import extract_features
+    from indexer.features.presets import OPENMASK3D
+    from indexer.proposals import make_proposer
+    from indexer.scans import read_scan
+
+    out = json.loads(run("index", synth_scans[0], "--preset", "openmask3d", "--top-k", "3",
+                         "--clip-model", tiny_clip_model, "--json").stdout)
+    assert out[0]["status"] == "indexed"
+    (scan,) = json.loads(run("scans", "--json").stdout)
+    info = scan["info"]
+    assert scan["preset"] == "openmask3d" and scan["mask_method_2d"] == "projected-points-box"
+    assert scan["proposer"] == "geometric" and info["proposer_identity"]["name"] == "geometric"
+    assert info["mask_method_2d_identity"]["name"] == "projected-points-box"
+    assert info["features"]["top_k"] == 3  # explicit beats the preset
+    assert {k: info["features"][k] for k in ("frame_step", "depth_threshold", "crop_levels", "crop_expansion",
+                                             "require_positive_depth", "renormalize")} == {
+        "frame_step": 10, "depth_threshold": 0.2, "crop_levels": 3, "crop_expansion": 0.1,
+        "require_positive_depth": False, "renormalize": False}
+    assert (info["precision"], info["seed"], info["sam_image_encodings"]) == ("fp32", 0, 0)
+
+    s = read_scan(synth_scans[0])
+    masks = make_proposer("geometric").propose(s)
+    feats = extract_features(s, masks, tiny_encoder, OPENMASK3D.with_overrides(top_k=3).feature_config())
+    assert info["frames_used"] == feats.stats["frames_used"] == 2  # 20 frames, every 10th
+    ids = _instance_ids(home, s.name)
+    assert len(ids) == len(masks)
+    for iid in ids:
+        shown = json.loads(run("show", iid, "--json", "--vector").stdout)
+        assert shown["mask_method_2d"] == "projected-points-box" and shown["proposer"] == "geometric"
+        m = shown["mask_index"]
+        if not feats.valid[m]:
+            assert shown["vector"] is None
+            continue
+        raw = feats.vectors[m].astype(np.float64)
+        assert np.linalg.norm(raw) < 1.0  # OpenMask3D's mean is not re-normalised ...
+        np.testing.assert_allclose(shown["vector"], raw / np.linalg.norm(raw), atol=1e-3)  # ... the catalog is
+
+
+def test_show_vector(home, synth_scans, tiny_clip_model, tmp_path):
+    from storage import Store
+
+    cloud_only = tmp_path / "cloud_only"
+    cloud_only.mkdir()
+    for f in synth_scans[1].glob("*.ply"):
+        shutil.copy(f, cloud_only / f"cloud_only{f.suffix}")
+    run("index", synth_scans[0], cloud_only, "--clip-model", tiny_clip_model, "-q")
+    with Store.open(home, read_only=True) as store:
+        iid = next(i.id for i in store.instances(synth_scans[0].name) if i.searchable)
+        stored = store.instance_vector(iid)
+        blind = store.instances("cloud_only")[0].id
+    shown = json.loads(run("show", iid, "--json", "--vector").stdout)
+    assert shown["vector"] == stored.tolist() and len(shown["vector"]) == 64
+    # the float16-stored values, widened exactly
+    assert np.array_equal(np.asarray(shown["vector"], np.float32).astype(np.float16).astype(np.float32), stored)
+    assert "vector" not in json.loads(run("show", iid, "--json").stdout)
+    none = json.loads(run("show", blind, "--json", "--vector").stdout)
+    assert none["vector"] is None and none["searchable"] is False
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--proposer", "mask3d"], "--checkpoint"),
+    (["--proposer", "mask3d", "--checkpoint", "{tmp}/nope.ckpt"], "nope.ckpt"),
+    (["--checkpoint", "{tmp}/any.ckpt"], "--proposer mask3d"),
+    (["--mask3d-topk", "5"], "--mask3d-topk"),
+    (["--proposer", "mask3d", "--checkpoint", "{tmp}/any.ckpt", "--mask3d-topk", "0"], "--mask3d-topk"),
+    (["--proposer", "mask3d", "--checkpoint", "{tmp}/any.ckpt", "--mask3d-colors", "rgb"], "--mask3d-colors"),
+    (["--proposer", "nonesuch"], "--proposer"),
+    (["--sam-model", "vit_h"], "--sam-checkpoint"),
+    (["--sam-checkpoint", "{tmp}/missing.pth"], "missing.pth"),
+    (["--sam-checkpoint", "{tmp}/any.ckpt"], "--sam-model"),
+    (["--sam-rounds", "3"], "--sam-rounds"),
+    (["--frame-step", "0"], "--frame-step"),
+    (["--preset", "scannet"], "--preset"),
+])
+def test_index_option_errors_are_one_line(home, synth_scans, tiny_clip_model, tmp_path, args, needle):
+    (tmp_path / "any.ckpt").write_bytes(b"not a checkpoint")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    res = run("index", synth_scans[0], *args, "--clip-model", tiny_clip_model, "-q", ok=False)
+    assert_one_line_error(res, needle)
+    assert not (home / "catalog.sqlite").exists()  # rejected before anything was written
+
+
+@pytest.mark.parametrize("command", ["propose", "eval-masks"])
+def test_mask3d_options_of_propose_and_eval_masks(synth_scans, tmp_path, command):
+    extra = ["--out", str(tmp_path / "m.npz")] if command == "propose" else []
+    assert_one_line_error(run(command, synth_scans[0], *extra, "--proposer", "mask3d", ok=False), "--checkpoint")
+    assert_one_line_error(run(command, synth_scans[0], *extra, "--mask3d-colors", "unit", ok=False),
+                          "--mask3d-colors")
+    assert_one_line_error(run(command, synth_scans[0], *extra, "--proposer", "mask3d", "--checkpoint",
+                              tmp_path / "gone.ckpt", ok=False), "gone.ckpt")
+
+
+class _RecordingMask3D:
+    """Stands in for the Mask3D factory: records the options it is built with, proposes geometric masks."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, **options):
+        from indexer.proposals.geometric import GeometricConfig, GeometricProposer
+
+        self.calls.append(options)
+        proposer = GeometricProposer(GeometricConfig())
+        proposer.name = "mask3d"
+        proposer.identity = lambda: {"checkpoint_sha256": "ab" * 32, "postprocess": options["postprocess"]}
+        return proposer
+
+
+def test_mask3d_options_reach_the_proposer_once_per_job(home, synth_scans, tiny_clip_model, tmp_path, monkeypatch):
+    import indexer.proposals as proposals
+
+    factory = _RecordingMask3D()
+    monkeypatch.setitem(proposals._REGISTRY, "mask3d", factory)
+    ckpt = tmp_path / "scannet200_val.ckpt"
+    ckpt.write_bytes(b"x")
+    res = json.loads(run("index", *synth_scans, "--proposer", "mask3d", "--checkpoint", ckpt,
+                         "--mask3d-postprocess", "openmask3d", "--mask3d-topk", "7", "--mask3d-colors", "unit",
+                         "--clip-model", tiny_clip_model, "--json").stdout)
+    assert [o["status"] for o in res] == ["indexed", "indexed"]
+    assert factory.calls == [{"checkpoint": ckpt, "postprocess": "openmask3d", "topk": 7, "colors": "unit",
+                              "device": "cpu"}]  # one model for both scans
+    for s in json.loads(run("scans", "--json").stdout):
+        assert s["proposer"] == "mask3d"
+        assert s["info"]["proposer_identity"] == {"name": "mask3d", "checkpoint_sha256": "ab" * 32,
+                                                  "postprocess": "openmask3d"}
+    run("propose", synth_scans[0], "--out", tmp_path / "m.npz", "--proposer", "mask3d", "--checkpoint", ckpt)
+    assert factory.calls[-1] == {"checkpoint": ckpt, "postprocess": "default", "topk": 750, "colors": "scannet",
+                                 "device": "cpu"}
+    assert len(MaskSet.load_npz(tmp_path / "m.npz")) > 0
+
+
+def test_bad_mask3d_checkpoint_is_one_line(home, synth_scans, tiny_clip_model, tmp_path):
+    pytest.importorskip("indexer.proposals.mask3d.proposer")
+    bad = tmp_path / "scannet200_val.ckpt"
+    bad.write_bytes(b"this is not a checkpoint")
+    for cmd in (["index", synth_scans[0], "--clip-model", tiny_clip_model, "-q"],
+                ["propose", synth_scans[0], "--out", tmp_path / "m.npz"]):
+        assert_one_line_error(run(*cmd, "--proposer", "mask3d", "--checkpoint", bad, ok=False), str(bad))
+
+
+# -- SAM through the CLI (a tiny random-weight SAM registered as vit_b for the test) ------------------------------
+
+
+@pytest.fixture()
+def tiny_sam_as_vit_b(tmp_path, monkeypatch):
+    """A random-weight SAM checkpoint named like the official vit_b file; vit_b means the tiny architecture
+    for the duration of the test, so the CLI's real option and loading path run in seconds."""
+    sam = pytest.importorskip("indexer.features.sam")
+    tiny = sam.SamArch(32, 2, 2, (1,), image_size=128, patch_size=16, window_size=4, prompt_embed_dim=32,
+                       decoder_depth=1, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32,
+                       mask_in_chans=4)
+    monkeypatch.setitem(sam.SAM_ARCHS, "vit_b", tiny)
+    return sam.write_random_sam_checkpoint(tmp_path / "sam_vit_b_tiny.pth", "vit_b", seed=1)
+
+
+@pytest.mark.slow
+def test_index_with_sam_records_the_method_and_loads_once(home, synth_scans, tiny_clip_model, tiny_sam_as_vit_b,
+                                                          monkeypatch):
+    import indexer.features.sam as sam
+    from indexer.features.encoders import sha256_file
+
+    loads = []
+    real = sam.load_sam_refiner
+    monkeypatch.setattr(sam, "load_sam_refiner", lambda *a, **k: loads.append(a) or real(*a, **k))
+    res = json.loads(run("index", *synth_scans, "--sam-checkpoint", tiny_sam_as_vit_b, "--seed", "3",
+                         "--frame-step", "10", "--clip-model", tiny_clip_model, "--json").stdout)
+    assert [o["status"] for o in res] == ["indexed", "indexed"]
+    assert len(loads) == 1 and loads[0][0] == "vit_b"  # model from the file name, one load per job
+    for s in json.loads(run("scans", "--json").stdout):
+        info = s["info"]
+        assert s["mask_method_2d"] == "sam:vit_b"
+        ident = info["mask_method_2d_identity"]
+        assert ident["checkpoint_sha256"] == sha256_file(tiny_sam_as_vit_b)
+        assert (ident["seed"], ident["rounds"], ident["points"], ident["precision"]) == (3, 10, 5, "fp32")
+        assert info["seed"] == 3 and info["precision"] == "fp32"
+        assert 0 < info["sam_image_encodings"] <= info["frames_used"]
+    iid = _instance_ids(home, synth_scans[0].name)[0]
+    assert json.loads(run("show", iid, "--json").stdout)["mask_method_2d"] == "sam:vit_b"
+
+
+def test_bad_sam_checkpoints_are_one_line(home, synth_scans, tiny_clip_model, tiny_sam_as_vit_b, tmp_path):
+    garbage = tmp_path / "sam_vit_b_01ec64.pth"
+    garbage.write_bytes(b"\x00not a torch file")
+    res = run("index", synth_scans[0], "--sam-checkpoint", garbage, "--clip-model", tiny_clip_model, "-q", ok=False)
+    assert_one_line_error(res, str(garbage))
+    # A (tiny) vit_b file given as vit_l: the architecture does not match.
+    res = run("index", synth_scans[0], "--sam-model", "vit_l", "--sam-checkpoint", tiny_sam_as_vit_b,
+              "--clip-model", tiny_clip_model, "-q", ok=False)
+    assert_one_line_error(res, str(tiny_sam_as_vit_b), "vit_l")
+    assert not (home / "catalog.sqlite").exists()

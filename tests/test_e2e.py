@@ -15,8 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.features.crops import ProjectedPointsRefiner
 from indexer.features.encoders import EncoderSpec
+from indexer.features.extractor import extract_features
+from indexer.features.presets import OPENMASK3D
 from indexer.pipeline import IndexOptions, index_paths
+from indexer.proposals import make_proposer
 from indexer.scans import read_scan
 from indexer.synthetic import FLOOR_RGB, PALETTE, WALL_RGB
 from search.engine import SearchEngine
@@ -188,3 +192,51 @@ def test_labelfusion_shelf_real_scan(shared_dir, tmp_path, tiny_encoder):
         assert o.searchable > 0
         hits = SearchEngine(store, encoder=tiny_encoder).search("a box", k=3)
         assert hits and hits[0].scan == o.name
+
+
+class _HalfBoxRefiner:
+    """A 2D-mask method of its own: the left half of the projected-points box (so its vectors differ)."""
+
+    name = "test:left-half"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def identity(self) -> dict:
+        return {"method": self.name, "fraction": 0.5}
+
+    def refine(self, image, pixels, pixel_size, *, frame_id=0, mask_ids=None):
+        self.calls += 1
+        boxes = ProjectedPointsRefiner().refine(image, pixels, pixel_size, frame_id=frame_id, mask_ids=mask_ids)
+        return [None if b is None else (b[0], b[1], max(b[0] + 1, (b[0] + b[2]) // 2), b[3]) for b in boxes]
+
+
+def test_refiner_and_preset_are_used_and_recorded(tmp_path, synth_scans):
+    """The job's refiner makes the crops and is named in the catalog with its identity; with the
+    openmask3d preset (raw mean, norm < 1) the catalog stores each vector's unit direction."""
+    enc = ColourEncoder()
+    refiner = _HalfBoxRefiner()
+    cfg = OPENMASK3D.feature_config()
+    options = IndexOptions(features=cfg, refiner=refiner, preset="openmask3d", seed=5)
+    with Store.open(tmp_path / "home") as store:
+        (o,) = index_paths(synth_scans[:1], store, enc, options)
+        assert o.status == "indexed" and refiner.calls > 0
+        info = store.find_scan(o.name).info
+        vectors = {i.mask_index: store.instance_vector(i.id) for i in store.instances(o.name)}
+    assert info["mask_method_2d"] == "test:left-half"
+    assert info["mask_method_2d_identity"] == {"name": "test:left-half", "method": "test:left-half", "fraction": 0.5}
+    assert (info["preset"], info["seed"], info["features"]["renormalize"]) == ("openmask3d", 5, False)
+
+    scan = read_scan(synth_scans[0])
+    masks = make_proposer("geometric").propose(scan)
+    feats = extract_features(scan, masks, enc, cfg, refiner=_HalfBoxRefiner())
+    plain = extract_features(scan, masks, enc, cfg)
+    assert not np.allclose(feats.vectors, plain.vectors, atol=1e-3)  # the refiner changed the crops
+    norms = np.linalg.norm(feats.vectors[feats.valid], axis=1)
+    assert norms.min() < 0.99  # too far from unit to be stored as is
+    for m, v in vectors.items():
+        if not feats.valid[m]:
+            assert v is None
+            continue
+        raw = feats.vectors[m].astype(np.float64)
+        np.testing.assert_allclose(v, raw / np.linalg.norm(raw), atol=1e-3)

@@ -221,3 +221,53 @@ def test_openmask3d_fixture_features(openmask3d_fixture):
     assert feats.stats["clip_crops"] == 132
     assert feats.valid.tolist() == [True] * 9 + [False]
     np.testing.assert_allclose(feats.vectors, expected, atol=1e-6, rtol=0)
+
+
+class _RecordingRefiner:
+    """The projected-points box, recording what the stage passes (and counting like SAM does)."""
+
+    name = "recording"
+
+    def __init__(self):
+        from indexer.features.crops import ProjectedPointsRefiner
+
+        self.inner = ProjectedPointsRefiner()
+        self.calls: list[tuple[int, list[int], int]] = []
+        self.stats = {"image_encodings": 0, "prompts": 0, "fallbacks": 0}
+
+    def refine(self, image, pixels, pixel_size, *, frame_id=0, mask_ids=None):
+        self.calls.append((frame_id, list(mask_ids), len(pixels)))
+        self.stats["image_encodings"] += 1
+        self.stats["prompts"] += len(pixels)
+        return self.inner.refine(image, pixels, pixel_size)
+
+
+def test_refiner_gets_frame_and_mask_identity_and_stats(tmp_path, encoder):
+    scan, masks = _make_scan(tmp_path)
+    cfg = FeatureConfig(frame_step=1, top_k=2)
+    rec = _RecordingRefiner()
+    feats = extract_features(scan, masks, encoder, cfg, refiner=rec)
+    plain = extract_features(scan, masks, encoder, cfg)
+    assert np.array_equal(feats.vectors, plain.vectors)
+    # one call per decoded frame, with that frame's id and the ids of the masks that chose it
+    assert len(rec.calls) == feats.stats["frames_decoded"]
+    chosen: dict[int, list[int]] = {}
+    for m in range(len(masks)):
+        for f in feats.topk_frames[m]:
+            if f >= 0:
+                chosen.setdefault(int(f), []).append(m)
+    assert {fid: ids for fid, ids, _ in rec.calls} == chosen
+    assert all(len(ids) == n for _, ids, n in rec.calls)
+    st = feats.stats
+    assert st["mask_method"] == "recording" and plain.stats["mask_method"] == "projected-points-box"
+    assert st["sam_image_encodings"] == len(rec.calls) and st["sam_prompts"] == 4
+    assert plain.stats["sam_image_encodings"] == 0 and plain.stats["sam_prompts"] == 0
+    # OpenMask3D would encode once per (mask, view) pair: 2 visible masks x top-2 views
+    assert st["openmask3d_sam_encodings"] == plain.stats["openmask3d_sam_encodings"] == 4
+    assert st["features_s"] >= st["visibility_s"] + st["encode_s"]
+    for key in ("refine_s", "crops_s", "encode_s", "visibility_s"):
+        assert 0.0 <= st[key] <= st["features_s"]
+    empty = extract_features(Scan("bare", tmp_path, "scannet", scan.points, scan.colors, []), masks, encoder,
+                             refiner=rec)
+    assert empty.stats["mask_method"] == "recording" and empty.stats["openmask3d_sam_encodings"] == 0
+    assert set(empty.stats) == set(st)

@@ -2,6 +2,7 @@
 
 * :mod:`.visibility`: projection, depth test, distinct-pixel counts, top-k views (sparse, no dense images);
 * :mod:`.crops`: crop boxes (``mask2box_multi_level``) and the 2D mask refiner seam;
+* :mod:`.sam`: SAM as the 2D mask refiner (checkpoint loading, one image embedding per frame);
 * :mod:`.encoders`: open_clip loading (offline) and :class:`EncoderSpec`;
 * :mod:`.tinyclip`: a tiny random model in ``local-dir:`` format for tests and demos;
 * :mod:`.extractor`: the stage, :func:`extract_features`.
@@ -17,14 +18,31 @@ from indexer.features.crops import (
     multi_level_boxes,
     scale_box,
 )
-from indexer.features.encoders import ClipEncoder, EncoderSpec, EncoderWeightsError, load_encoder
+from indexer.features.encoders import (
+    PRECISIONS,
+    ClipEncoder,
+    EncoderSpec,
+    EncoderWeightsError,
+    load_encoder,
+)
 from indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
+from indexer.features.sam import (
+    SAM_ARCHS,
+    SamArch,
+    SamCheckpointError,
+    SamRefiner,
+    load_sam_refiner,
+    register_sam_arch,
+    write_random_sam_checkpoint,
+)
 from indexer.features.tinyclip import write_local_dir_model
 from indexer.features.visibility import Visibility, compute_visibility, project_points, visible_points
 
 __all__ = [
     "Box", "MaskRefiner", "ProjectedPointsRefiner", "box_from_pixels", "multi_level_boxes", "scale_box",
-    "ClipEncoder", "EncoderSpec", "EncoderWeightsError", "load_encoder",
+    "PRECISIONS", "ClipEncoder", "EncoderSpec", "EncoderWeightsError", "load_encoder",
+    "SAM_ARCHS", "SamArch", "SamCheckpointError", "SamRefiner", "load_sam_refiner", "register_sam_arch",
+    "write_random_sam_checkpoint",
     "FeatureConfig", "InstanceFeatures", "extract_features",
     "write_local_dir_model",
     "Visibility", "compute_visibility", "project_points", "visible_points",

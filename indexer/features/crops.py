@@ -1,5 +1,5 @@
 """2D crop boxes of a mask in a view: OpenMask3D's ``mask2box`` / ``mask2box_multi_level``, plus the
-seam where a 2D mask refiner (SAM, later) plugs in.
+seam where a 2D mask refiner (SAM: :mod:`indexer.features.sam`) plugs in.
 
 Boxes are ``(x1, y1, x2, y2)`` Python ints in pixel coordinates, with x2 and y2 **exclusive**, i.e.
 directly usable as ``PIL.Image.crop(box)``.
@@ -108,20 +108,24 @@ def scale_pixels(uv: np.ndarray, from_size: tuple[int, int], to_size: tuple[int,
 class MaskRefiner(Protocol):
     """Turns a mask's visible projected pixels in one view into its 2D region in the colour image.
 
-    Called once per frame with all masks that chose that frame, so a model (SAM) can embed the image
-    once and prompt it per mask.
+    Called once per frame with all masks that chose that frame, so a model (SAM,
+    :class:`indexer.features.sam.SamRefiner`) can embed the image once and prompt it for every mask.
     """
 
     #: recorded in the catalog as the 2D mask method.
     name: str
 
-    def refine(self, image: np.ndarray, pixels: Sequence[np.ndarray], pixel_size: tuple[int, int]) -> list[Box | None]:
+    def refine(self, image: np.ndarray, pixels: Sequence[np.ndarray], pixel_size: tuple[int, int], *,
+               frame_id: int = 0, mask_ids: Sequence[int] | None = None) -> list[Box | None]:
         """Level-0 boxes in colour-image coordinates.
 
         Args:
             image: (H, W, 3) uint8 colour image of the frame.
             pixels: per mask, (P, 2) (u, v) visible pixels on the depth grid of size ``pixel_size``.
             pixel_size: (width, height) of the grid ``pixels`` live on (the depth image).
+            frame_id: the frame's id, and
+            mask_ids: per input, the mask's index in its MaskSet: a randomised refiner seeds from these
+                so its result for a (frame, mask) never depends on which other masks share the call.
 
         Returns:
             One box per input (x2/y2 exclusive, inside the colour image), or None when the refiner finds
@@ -137,7 +141,12 @@ class ProjectedPointsRefiner:
 
     name = "projected-points-box"
 
-    def refine(self, image: np.ndarray, pixels: Sequence[np.ndarray], pixel_size: tuple[int, int]) -> list[Box | None]:
+    def identity(self) -> dict[str, str]:
+        """What the catalog records as the 2D mask method."""
+        return {"method": self.name}
+
+    def refine(self, image: np.ndarray, pixels: Sequence[np.ndarray], pixel_size: tuple[int, int], *,
+               frame_id: int = 0, mask_ids: Sequence[int] | None = None) -> list[Box | None]:
         color_size = (int(image.shape[1]), int(image.shape[0]))
         out: list[Box | None] = []
         for uv in pixels:

@@ -23,6 +23,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -39,7 +41,7 @@ _DIR_WEIGHT_NAMES = (
     "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
     "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
 )
-_PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 #: Seed of the random initialisation used with ``allow_random_weights`` (same model in every process).
@@ -199,6 +201,52 @@ def _hf_offline() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Reduced precision (shared with the SAM refiner)
+# --------------------------------------------------------------------------------------------------
+
+
+def _device_type(device: str) -> str:
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+def autocast_context(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to fp16/bf16 on ``device``'s type (CUDA or CPU); a no-op for fp32.
+
+    Weights stay fp32: autocast runs matmuls/convolutions in the low precision and keeps reductions
+    such as layer norms in fp32, which is what keeps the accuracy loss small.
+    """
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=_device_type(device), dtype=dtype)
+
+
+def check_precision(device: str, precision: str) -> None:
+    """Raise ValueError unless ``precision`` is one of :data:`PRECISIONS` and autocast to it works on
+    ``device`` (probed with one tiny matmul: older torch builds silently disable CPU fp16 autocast)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return
+    want = torch.float16 if precision == "fp16" else torch.bfloat16
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unsupported dtype only warns; the probe below decides
+            with autocast_context(device, precision):
+                a = torch.ones(2, 2, device=device)
+                got = (a @ a).dtype
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"precision {precision!r} is not supported on {device!r} ({e})") from e
+    if got != want:
+        raise ValueError(f"precision {precision!r} is not supported on {device!r} by this torch build "
+                         f"(autocast gave {got}); use fp32")
+
+
+# --------------------------------------------------------------------------------------------------
 # Encoder
 # --------------------------------------------------------------------------------------------------
 
@@ -209,26 +257,40 @@ class ClipEncoder:
     Attributes:
         spec: the encoder's identity.
         device: torch device string the model runs on ("cpu", "cuda", "cuda:1", ...).
-        precision: "fp32" (default) or "fp16"/"bf16" autocast (CUDA only); weights stay fp32.
+        precision: "fp32" (default) or "fp16"/"bf16" autocast (CUDA, or CPU where torch supports it);
+            weights stay fp32.
+        preprocess_workers: threads that run the preprocess (resize, crop, normalise) of a batch in
+            parallel; PIL's resize releases the GIL, and on a GPU the preprocess of thousands of crops is
+            otherwise the bottleneck. 1 = serial. Results do not depend on it.
         model / preprocess / tokenizer: the open_clip objects (model in eval mode).
     """
 
     def __init__(self, model: Any, preprocess: Any, tokenizer: Any, spec: EncoderSpec,
-                 device: str = "cpu", precision: str = "fp32"):
+                 device: str = "cpu", precision: str = "fp32", preprocess_workers: int | None = None):
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.spec = spec
         self.device = str(device)
         self.precision = precision
+        self.preprocess_workers = max(1, preprocess_workers if preprocess_workers is not None
+                                      else min(8, os.cpu_count() or 1))
+        self._pool: ThreadPoolExecutor | None = None
 
-    def _autocast(self):
-        import torch
+    def _preprocess_all(self, images: Sequence[Any]) -> list[Any]:
+        from PIL import Image
 
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        def one(im: Any) -> Any:
+            return self.preprocess(im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)))
+
+        if self.preprocess_workers == 1 or len(images) < 2:
+            return [one(im) for im in images]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="clip-preprocess")
+        return list(self._pool.map(one, images))  # map keeps the input order
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_context(self.device, self.precision)
 
     @staticmethod
     def _normalise(feats) -> np.ndarray:
@@ -244,14 +306,11 @@ class ClipEncoder:
         crop, normalise), then batches of ``batch_size`` are encoded under ``torch.inference_mode``.
         """
         import torch
-        from PIL import Image
 
         out = np.zeros((len(images), self.spec.dim), np.float32)
         for start in range(0, len(images), max(1, batch_size)):
             chunk = images[start : start + batch_size]
-            tensors = [self.preprocess(im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)))
-                       for im in chunk]
-            batch = torch.stack(tensors).to(self.device)
+            batch = torch.stack(self._preprocess_all(chunk)).to(self.device)
             with torch.inference_mode(), self._autocast():
                 out[start : start + len(chunk)] = self._normalise(self.model.encode_image(batch))
         return out
@@ -277,6 +336,7 @@ def load_encoder(
     allow_random_weights: bool = False,
     precision: str = "fp32",
     cache_dir: str | None = None,
+    preprocess_workers: int | None = None,
 ) -> ClipEncoder:
     """Load a CLIP model through ``open_clip.create_model_and_transforms`` without any download.
 
@@ -287,19 +347,18 @@ def load_encoder(
         device: "cpu" or "cuda[:n]".
         allow_random_weights: when weights are missing, build the architecture with random weights
             (logged as a warning and recorded as ``spec.random_weights``) instead of raising.
-        precision: "fp32", or "fp16"/"bf16" autocast on CUDA.
+        precision: "fp32", or "fp16"/"bf16" autocast (CUDA; CPU where this torch supports it).
         cache_dir: open_clip / HF cache folder (None: their defaults, e.g. ``HF_HOME``).
+        preprocess_workers: threads for image preprocessing (None: min(8, CPU count); 1: serial).
 
     Raises:
         EncoderWeightsError: weights not available offline and ``allow_random_weights`` is False.
-        ValueError: unknown architecture / precision, or a malformed local-dir folder.
+        ValueError: unknown architecture / precision (or one the device cannot run), or a malformed
+            local-dir folder.
     """
     import open_clip
 
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-    if precision != "fp32" and not str(device).startswith("cuda"):
-        raise ValueError(f"precision {precision!r} needs a CUDA device (autocast); use fp32 on {device!r}")
+    check_precision(device, precision)
 
     factory_kwargs: dict[str, Any] = {"device": device, "precision": "fp32", "cache_dir": cache_dir}
     checkpoint: str | None = None
@@ -393,7 +452,8 @@ def load_encoder(
     )
     log.info("loaded encoder %s (dim %d, image %s, sha256 %s) on %s", model, dim, size,
              (sha or "random")[:12], device)
-    return ClipEncoder(oc_model, preprocess, tokenizer, spec, device=device, precision=precision)
+    return ClipEncoder(oc_model, preprocess, tokenizer, spec, device=device, precision=precision,
+                       preprocess_workers=preprocess_workers)
 
 
 def _embedding_dim(model: Any, tokenizer: Any, device: str) -> int:

@@ -7,9 +7,15 @@ average them per mask (each view counts ``crop_levels`` times, as OpenMask3D). B
 L2-normalised again (``renormalize``) so every stored vector is a unit vector; OpenMask3D keeps the
 raw mean (norm ~0.99), ``renormalize=False`` reproduces it.
 
-Work is organised by frame, not by mask: each chosen colour image is decoded once, the crops of all
-masks that chose it are cut, and crops from many masks share encoder batches of ``batch_size``. Peak
-memory is one colour image plus one batch of crops plus the visibility record.
+The 2D region a view's crops are cut around comes from a :class:`~indexer.features.crops.MaskRefiner`:
+by default the bounding box of the mask's visible projected pixels (OpenMask3D with SAM replaced by its
+prompt pixels), or SAM (:class:`indexer.features.sam.SamRefiner`, OpenMask3D's full method).
+
+Work is organised by frame, not by mask: each chosen colour image is decoded once, the refiner sees all
+masks that chose it in one call (SAM embeds the image once for all of them; OpenMask3D embeds it once per
+(mask, view) pair), the crops of those masks are cut, and crops from many masks share encoder batches of
+``batch_size``. Peak memory is one colour image plus one batch of crops (plus the refiner's per-frame
+work) plus the visibility record; never a views x masks x H x W array.
 """
 
 from __future__ import annotations
@@ -95,8 +101,11 @@ class InstanceFeatures:
         thumbnails: per mask, JPEG bytes of the best view's level-1 crop (level 0 when crop_levels == 1),
             longest side ``thumbnail_size``; None for invalid masks.
         stats: frames_used (frames in the visibility pass), frames_decoded (colour images read),
-            clip_crops (crops encoded), masks_visible, skipped_frames, and seconds per sub-stage:
-            visibility_s, crops_s (decoding + cropping), encode_s.
+            clip_crops (crops encoded), masks_visible, skipped_frames; mask_method (the refiner's name);
+            sam_image_encodings, sam_prompts, sam_fallbacks (0 without SAM); openmask3d_sam_encodings
+            (the (mask, view) pairs with visible pixels: OpenMask3D encodes the image with SAM once per
+            pair); and seconds: visibility_s, refine_s (2D masks, SAM included), crops_s (decoding +
+            cropping), encode_s (CLIP), features_s (the whole stage).
     """
 
     vectors: np.ndarray
@@ -116,7 +125,10 @@ class InstanceFeatures:
             topk_frames=np.full((num_masks, top_k), -1, np.int64),
             thumbnails=[None] * num_masks,
             stats={"frames_used": 0, "frames_decoded": 0, "clip_crops": 0, "masks_visible": 0,
-                   "skipped_frames": [], "visibility_s": 0.0, "crops_s": 0.0, "encode_s": 0.0},
+                   "skipped_frames": [], "mask_method": ProjectedPointsRefiner.name,
+                   "sam_image_encodings": 0, "sam_prompts": 0, "sam_fallbacks": 0,
+                   "openmask3d_sam_encodings": 0, "visibility_s": 0.0, "refine_s": 0.0, "crops_s": 0.0,
+                   "encode_s": 0.0, "features_s": 0.0},
         )
 
 
@@ -173,6 +185,15 @@ class _CropBatcher:
         self.on_encoded(self.encoded)
 
 
+def _refiner_counts(refiner: MaskRefiner) -> tuple[int, int, int]:
+    """(image encodings, prompts, fallbacks) counters of a refiner that keeps them (SAM), else zeros."""
+    st = getattr(refiner, "stats", None)
+    if st is None:
+        return 0, 0, 0
+    get = st.get if isinstance(st, dict) else (lambda k, d: getattr(st, k, d))
+    return tuple(int(get(k, 0)) for k in ("image_encodings", "prompts", "fallbacks"))  # type: ignore[return-value]
+
+
 def extract_features(
     scan: "Scan",
     masks: "MaskSet",
@@ -189,13 +210,15 @@ def extract_features(
         encoder: a loaded encoder (``ClipEncoder``).
         config: settings (defaults: :class:`FeatureConfig`).
         progress: optional ``progress(stage, done, total)``.
-        refiner: 2D mask refiner (default :class:`ProjectedPointsRefiner`: box of the visible pixels).
+        refiner: 2D mask refiner (default :class:`ProjectedPointsRefiner`: box of the visible pixels;
+            :func:`indexer.features.sam.load_sam_refiner` for SAM).
 
     Raises:
         indexer.scans.FrameError: a used depth or colour image is unreadable.
     """
     from PIL import Image
 
+    t_stage = time.perf_counter()
     cfg = config or FeatureConfig()
     refiner = refiner or ProjectedPointsRefiner()
     num_masks, dim = len(masks), int(encoder.spec.dim)
@@ -206,7 +229,9 @@ def extract_features(
 
     if not scan.frames or num_masks == 0:
         log.info("%s: %s, no mask features", scan.name, "no frames" if not scan.frames else "no masks")
-        return InstanceFeatures.empty(num_masks, dim, cfg.top_k)
+        empty = InstanceFeatures.empty(num_masks, dim, cfg.top_k)
+        empty.stats["mask_method"] = refiner.name
+        return empty
 
     # -- visibility + top-k ----------------------------------------------------------------------
     fidx = frame_positions(len(scan.frames), cfg.frame_step, cfg.max_frames)
@@ -216,7 +241,9 @@ def extract_features(
         progress=lambda done, total: report("visibility", done, total),
     )
     by_view = vis.views_by_frame()
-    expected_crops = sum(len(v) for v in by_view.values()) * cfg.crop_levels
+    num_pairs = sum(len(v) for v in by_view.values())  # (mask, view) pairs with visible pixels
+    expected_crops = num_pairs * cfg.crop_levels
+    sam_before = _refiner_counts(refiner)
 
     # -- crops, frame by frame; encoding in shared batches -----------------------------------------
     batcher = _CropBatcher(encoder, num_masks, cfg.batch_size,
@@ -225,6 +252,7 @@ def extract_features(
     thumb_slot = np.full(num_masks, np.iinfo(np.int64).max, np.int64)
     best_frame = np.full(num_masks, -1, np.int64)
     thumb_level = min(1, cfg.crop_levels - 1)
+    refine_s = 0.0
     t_crops = time.perf_counter()
     views = sorted(by_view)
     for n_done, view in enumerate(views, start=1):
@@ -234,7 +262,10 @@ def extract_features(
         color_size = (rgb.shape[1], rgb.shape[0])
         pairs = by_view[view]
         depth_size = (int(vis.depth_sizes[view, 0]), int(vis.depth_sizes[view, 1]))
-        boxes = refiner.refine(rgb, [vis.pixels[m][j] for m, j in pairs], depth_size)
+        t0 = time.perf_counter()
+        boxes = refiner.refine(rgb, [vis.pixels[m][j] for m, j in pairs], depth_size,
+                               frame_id=int(frame.frame_id), mask_ids=[m for m, _ in pairs])
+        refine_s += time.perf_counter() - t0
         for (m, j), box in zip(pairs, boxes):
             if box is None:
                 continue
@@ -250,7 +281,8 @@ def extract_features(
         del image, rgb
         report("crops", n_done, len(views))
     batcher.flush()
-    crops_s = time.perf_counter() - t_crops - batcher.encode_s
+    crops_s = time.perf_counter() - t_crops - batcher.encode_s - refine_s
+    sam_after = _refiner_counts(refiner)
 
     # -- per-mask mean ---------------------------------------------------------------------------
     valid = batcher.counts > 0
@@ -275,12 +307,20 @@ def extract_features(
         "clip_crops": int(batcher.encoded),
         "masks_visible": int(valid.sum()),
         "skipped_frames": list(vis.skipped_frames),
+        "mask_method": refiner.name,
+        "sam_image_encodings": sam_after[0] - sam_before[0],
+        "sam_prompts": sam_after[1] - sam_before[1],
+        "sam_fallbacks": sam_after[2] - sam_before[2],
+        "openmask3d_sam_encodings": int(num_pairs),
         "visibility_s": float(vis.seconds),
+        "refine_s": float(refine_s),
         "crops_s": float(crops_s),
         "encode_s": float(batcher.encode_s),
+        "features_s": float(time.perf_counter() - t_stage),
     }
-    log.info("%s: %d/%d masks visible, %d crops from %d frames (vis %.2fs, crops %.2fs, encode %.2fs)",
-             scan.name, stats["masks_visible"], num_masks, stats["clip_crops"], len(views),
-             stats["visibility_s"], crops_s, stats["encode_s"])
+    log.info("%s: %d/%d masks visible, %d crops from %d frames, %s, %d SAM encodings (vis %.2fs, refine %.2fs, "
+             "crops %.2fs, encode %.2fs, total %.2fs)", scan.name, stats["masks_visible"], num_masks,
+             stats["clip_crops"], len(views), refiner.name, stats["sam_image_encodings"], stats["visibility_s"],
+             refine_s, crops_s, stats["encode_s"], stats["features_s"])
     return InstanceFeatures(vectors=vectors, valid=valid, best_frame=best_frame, topk_frames=topk_frames,
                             thumbnails=thumbs, stats=stats)
