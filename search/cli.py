@@ -170,7 +170,8 @@ def _proposer_settings(ctx: click.Context, proposer: str, checkpoint: Path | Non
     if checkpoint is None:
         raise click.ClickException("--proposer mask3d needs --checkpoint PATH (a Mask3D .ckpt file)")
     if not checkpoint.is_file():
-        raise click.ClickException(f"{checkpoint}: Mask3D checkpoint not found")
+        what = "is a directory, not a checkpoint file" if checkpoint.is_dir() else "Mask3D checkpoint not found"
+        raise click.ClickException(f"{checkpoint}: {what}")
     return {"checkpoint": checkpoint, "device": device, **{v: p[k] for k, v in _MASK3D_OPTIONS.items()}}
 
 
@@ -256,7 +257,8 @@ def _sam_settings(ctx: click.Context, preset: Preset) -> tuple[str | None, Path 
                                        "with --sam-checkpoint")
         return None, None
     if not checkpoint.is_file():
-        raise click.ClickException(f"{checkpoint}: SAM checkpoint not found")
+        what = "is a directory, not a checkpoint file" if checkpoint.is_dir() else "SAM checkpoint not found"
+        raise click.ClickException(f"{checkpoint}: {what}")
     return sam_model_for(checkpoint, p["sam_model"], preset), checkpoint
 
 

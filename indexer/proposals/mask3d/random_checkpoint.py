@@ -24,7 +24,7 @@ def random_mask3d_state(arch: Mask3DArch, seed: int = 0) -> dict[str, torch.Tens
     model = Mask3D(arch)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.LayerNorm)):
                 module.weight.uniform_(0.5, 1.5, generator=gen)
                 module.bias.normal_(0.0, 0.1, generator=gen)
