@@ -308,10 +308,11 @@ def index(ctx, paths, proposer, masks, checkpoint, mask3d_postprocess, mask3d_to
     settings = _resolve_preset(ctx)
     proposer_options = _proposer_settings(ctx, proposer, checkpoint, device)
     sam_model, sam_checkpoint = _sam_settings(ctx, settings)
-    encoder = _load_encoder(settings.clip_model, clip_pretrained, device, allow_random_weights,
-                            settings.clip_pretrained, precision)
+    # SAM first: a bad SAM checkpoint fails in a second, before CLIP (possibly ViT-L) is loaded
     refiner = build_refiner(sam_model, sam_checkpoint, device=device, precision=precision, seed=seed,
                             rounds=settings.sam_rounds, points=settings.sam_points)
+    encoder = _load_encoder(settings.clip_model, clip_pretrained, device, allow_random_weights,
+                            settings.clip_pretrained, precision)
     options = IndexOptions(proposer=proposer, masks=masks, proposer_options=proposer_options,
                            features=settings.feature_config(), refiner=refiner, preset=settings.name, seed=seed,
                            force=force)
