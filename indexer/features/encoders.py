@@ -20,7 +20,6 @@ two encoders with equal identities give comparable vectors.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import warnings
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from indexer.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,6 @@ class EncoderSpec:
 # --------------------------------------------------------------------------------------------------
 # Weight resolution (offline only)
 # --------------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
-    """sha256 hex of a file, read in 4 MiB chunks (CLIP checkpoints are ~1 GB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _how_to_provide(model: str, pretrained: str | None) -> str:

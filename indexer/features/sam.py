@@ -36,7 +36,6 @@ import pickle
 import re
 import time
 import warnings
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -44,8 +43,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from indexer.features.crops import Box, box_from_pixels, scale_box, scale_pixels
-from indexer.features.encoders import autocast_context, check_precision, sha256_file
-from indexer.weights import WeightsFileError
+from indexer.features.encoders import autocast_context, check_precision
+from indexer.weights import WeightsFileError, check_torch_file, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -236,17 +235,7 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with each failure turned into one SamCheckpointError line."""
     import torch
 
-    if not path.exists():
-        raise SamCheckpointError(path, "no such file (pass --sam-checkpoint with a SAM .pth file)")
-    if not path.is_file():
-        raise SamCheckpointError(path, "not a file")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    is_zip = head.startswith(b"PK")
-    if not is_zip and not head.startswith(b"\x80"):  # neither torch's zip format nor a legacy pickle
-        raise SamCheckpointError(path, "not a PyTorch checkpoint")
-    if is_zip and not zipfile.is_zipfile(path):
-        raise SamCheckpointError(path, "truncated or corrupt checkpoint (the zip archive is incomplete)")
+    is_zip = check_torch_file(path, SamCheckpointError)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "pickle protocol 4": the outcome below says what matters

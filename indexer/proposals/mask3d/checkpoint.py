@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import copy
-import hashlib
 import logging
 import pickle
 import re
@@ -43,7 +42,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from indexer.weights import WeightsFileError
+from indexer.weights import WeightsFileError, check_torch_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +341,6 @@ class Mask3DCheckpointFile:
 
 # -- reading ---------------------------------------------------------------------------------------------------
 
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _LIGHTNING_KEYS = {"pytorch-lightning_version", "epoch", "global_step", "loops", "callbacks", "optimizer_states",
                    "lr_schedulers", "hparams_name"}
 
@@ -360,7 +358,7 @@ def read_checkpoint(path: Path | str, *, mmap: bool = True) -> Mask3DCheckpointF
             is not a tensor.
     """
     path = Path(path)
-    is_zip = _check_file(path)
+    is_zip = check_torch_file(path, Mask3DCheckpointError)
     obj = _safe_load(path, is_zip=is_zip, mmap=mmap and is_zip)
     layout, sd, top = _split(path, obj)
     stored = top.get("hyper_parameters")
@@ -374,7 +372,7 @@ def read_checkpoint(path: Path | str, *, mmap: bool = True) -> Mask3DCheckpointF
                  ", ".join(unresolved[:5]))
     used = {"state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version"}
     ckpt = Mask3DCheckpointFile(
-        path=path, sha256=_sha256(path), size_bytes=path.stat().st_size, layout=layout, state_dict=sd,
+        path=path, sha256=sha256_file(path), size_bytes=path.stat().st_size, layout=layout, state_dict=sd,
         hyper_parameters=resolved, raw_hyper_parameters=raw, unresolved=tuple(unresolved),
         epoch=_int_or_none(top.get("epoch")), global_step=_int_or_none(top.get("global_step")),
         lightning_version=v if isinstance(v := top.get("pytorch-lightning_version"), str) else None,
@@ -382,29 +380,6 @@ def read_checkpoint(path: Path | str, *, mmap: bool = True) -> Mask3DCheckpointF
     )
     log.debug("%s: %s checkpoint, %d tensors, sha256 %s", path, layout, len(sd), ckpt.sha256[:12])
     return ckpt
-
-
-def _check_file(path: Path) -> bool:
-    """Fail on anything that is not a non-empty zip or pickle file; True for a zip archive."""
-    if not path.exists():
-        raise Mask3DCheckpointError(path, "no such file")
-    if path.is_dir():
-        raise Mask3DCheckpointError(path, "is a directory, not a checkpoint file")
-    if not path.is_file():
-        raise Mask3DCheckpointError(path, "is not a regular file")
-    try:
-        with path.open("rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        raise Mask3DCheckpointError(path, f"cannot be read: {e.strerror or e}") from e
-    if not head:
-        raise Mask3DCheckpointError(path, "is empty (0 bytes), not a checkpoint")
-    if head.startswith(_ZIP_MAGIC):
-        return True
-    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:   # pickle PROTO: torch's legacy format
-        return False
-    raise Mask3DCheckpointError(path, f"is not a PyTorch checkpoint (neither a zip archive nor a pickle; it "
-                                      f"starts with {head!r})")
 
 
 def _safe_load(path: Path, *, is_zip: bool, mmap: bool) -> Any:
@@ -499,14 +474,6 @@ def _kind(obj: Any) -> str:
 
 def _int_or_none(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- config records -> plain data ------------------------------------------------------------------------------
