@@ -153,8 +153,7 @@ def component_identity(obj: Any) -> dict[str, Any]:
 def job_info(options: IndexOptions, encoder: Any, proposer: Any | None = None) -> dict[str, Any]:
     """The per-job part of every scan's catalog info: how its masks and vectors were made."""
     refiner = options.refiner or ProjectedPointsRefiner()
-    info: dict[str, Any] = {
-        "mask_method_2d": refiner.name,
+    info: dict[str, Any] = {  # "mask_method_2d" itself is written by build_entries
         "mask_method_2d_identity": component_identity(refiner),
         "preset": options.preset,
         "features": _jsonable(asdict(options.features)),

@@ -19,6 +19,8 @@ from indexer.features.encoders import EncoderWeightsError, load_encoder
 from indexer.features.presets import PRESETS, SAM_MODELS, Preset, get_preset, sam_model_for
 from indexer.proposals import proposer_names
 from indexer.proposals.base import MaskFileError
+from indexer.proposals.mask3d.proposer import MASK3D_TOPK, POSTPROCESS_MODES
+from indexer.proposals.mask3d.voxelize import COLOR_MODES
 from indexer.scans import ScanError
 from indexer.weights import WeightsFileError
 from storage.errors import StoreError
@@ -129,14 +131,14 @@ def _encoder_options(default_model: tuple[str, str] = DEFAULT_CLIP):
 
 
 def _proposer_options(f):
-    f = click.option("--mask3d-colors", type=click.Choice(["scannet", "unit"]), default="scannet",
+    f = click.option("--mask3d-colors", type=click.Choice(COLOR_MODES), default=COLOR_MODES[0],
                      show_default=True,
                      help="For mask3d: colour normalisation: ScanNet mean/std (what the released checkpoints were "
                           "trained on) or OpenMask3D's single-scene [0, 1] colours.")(f)
-    f = click.option("--mask3d-topk", type=click.IntRange(min=1), default=750, show_default=True,
+    f = click.option("--mask3d-topk", type=click.IntRange(min=1), default=MASK3D_TOPK, show_default=True,
                      help="For mask3d: masks kept by --mask3d-postprocess mask3d (Mask3D's topk_per_image).")(f)
-    f = click.option("--mask3d-postprocess", type=click.Choice(["default", "openmask3d", "mask3d"]),
-                     default="default", show_default=True,
+    f = click.option("--mask3d-postprocess", type=click.Choice(POSTPROCESS_MODES),
+                     default=POSTPROCESS_MODES[0], show_default=True,
                      help="For mask3d: default = every connected part of every query once with its best class; "
                           "openmask3d / mask3d = those projects' own top-k selection.")(f)
     f = click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -158,20 +160,31 @@ def _explicit(ctx: click.Context, name: str) -> bool:
                                            click.core.ParameterSource.DEFAULT_MAP)
 
 
+def _reject_unused(ctx: click.Context, names: Sequence[str], sep: str, requirement: str) -> None:
+    """One-line error when any of the options ``names`` was given explicitly although ``requirement`` is
+    not met (e.g. "to --proposer mask3d")."""
+    given = [n for n in names if _explicit(ctx, n)]
+    if given:
+        flags = sep.join("--" + n.replace("_", "-") for n in given)
+        raise click.ClickException(f"{flags} only appl{'ies' if len(given) == 1 else 'y'} {requirement}")
+
+
+def _check_exists(checkpoint: Path, kind: str) -> None:
+    """Fail before any scan is read or model loaded when a checkpoint path is not a file."""
+    if not checkpoint.is_file():
+        what = "is a directory, not a checkpoint file" if checkpoint.is_dir() else f"{kind} checkpoint not found"
+        raise click.ClickException(f"{checkpoint}: {what}")
+
+
 def _proposer_settings(ctx: click.Context, proposer: str, checkpoint: Path | None, device: str) -> dict:
     """``proposer_options`` for the chosen proposer; one-line errors for options it does not take."""
     p = ctx.params
     if proposer != "mask3d":
-        given = [n for n in ("checkpoint", *_MASK3D_OPTIONS) if _explicit(ctx, n)]
-        if given:
-            flags = ", ".join("--" + n.replace("_", "-") for n in given)
-            raise click.ClickException(f"{flags} only appl{'ies' if len(given) == 1 else 'y'} to --proposer mask3d")
+        _reject_unused(ctx, ("checkpoint", *_MASK3D_OPTIONS), ", ", "to --proposer mask3d")
         return {}
     if checkpoint is None:
         raise click.ClickException("--proposer mask3d needs --checkpoint PATH (a Mask3D .ckpt file)")
-    if not checkpoint.is_file():
-        what = "is a directory, not a checkpoint file" if checkpoint.is_dir() else "Mask3D checkpoint not found"
-        raise click.ClickException(f"{checkpoint}: {what}")
+    _check_exists(checkpoint, "Mask3D")
     return {"checkpoint": checkpoint, "device": device, **{v: p[k] for k, v in _MASK3D_OPTIONS.items()}}
 
 
@@ -250,15 +263,9 @@ def _sam_settings(ctx: click.Context, preset: Preset) -> tuple[str | None, Path 
         if p["sam_model"] is not None:
             raise click.ClickException(f"--sam-model {p['sam_model']} needs --sam-checkpoint PATH "
                                        "(SAM never runs with random weights)")
-        given = [n for n in ("sam_rounds", "sam_points") if _explicit(ctx, n)]
-        if given:
-            flags = " and ".join("--" + n.replace("_", "-") for n in given)
-            raise click.ClickException(f"{flags} only appl{'ies' if len(given) == 1 else 'y'} "
-                                       "with --sam-checkpoint")
+        _reject_unused(ctx, ("sam_rounds", "sam_points"), " and ", "with --sam-checkpoint")
         return None, None
-    if not checkpoint.is_file():
-        what = "is a directory, not a checkpoint file" if checkpoint.is_dir() else "SAM checkpoint not found"
-        raise click.ClickException(f"{checkpoint}: {what}")
+    _check_exists(checkpoint, "SAM")
     return sam_model_for(checkpoint, p["sam_model"], preset), checkpoint
 
 

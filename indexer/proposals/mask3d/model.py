@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import spconv.pytorch as spconv
 import torch
 from torch import nn
@@ -220,9 +219,3 @@ class Mask3D(nn.Module):
                             mask_features=mask_features, aux=aux, pyramid=pyramid,
                             parents=parents, timings=timings)
 
-
-def numpy_outputs(out: Mask3DOutput) -> dict[str, np.ndarray]:
-    """The main outputs as float32 / int64 numpy arrays (for post-processing and tests)."""
-    return {"pred_logits": out.pred_logits.detach().float().cpu().numpy(),
-            "pred_masks": out.pred_masks.detach().float().cpu().numpy(),
-            "fps_idx": out.fps_idx.detach().cpu().numpy().astype(np.int64)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Post-processing modes, the first is the default.
 POSTPROCESS_MODES = ("default", "openmask3d", "mask3d")
+#: Mask3D's ``topk_per_image`` in its ScanNet200 configuration.
+MASK3D_TOPK = 750
 
 
 @dataclass
@@ -46,13 +49,12 @@ class Mask3DOptions:
 
     checkpoint: Path
     postprocess: str = "default"
-    topk: int = 750
+    topk: int = MASK3D_TOPK
     colors: str = "scannet"
     device: str = "cpu"
     dbscan_eps: float = 0.95
     num_heads: int | None = None
     num_queries: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from indexer.proposals.mask3d.voxelize import COLOR_MODES
