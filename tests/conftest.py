@@ -5,6 +5,7 @@ Nothing here touches the user's folders: every home is a temp dir and SCENEGREP_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,22 @@ def home(tmp_path, monkeypatch) -> Path:
     h = tmp_path / "home"
     monkeypatch.setenv("SCENEGREP_HOME", str(h))
     return h
+
+
+@dataclass(frozen=True)
+class Mask3DParity:
+    """../shared/fixtures/mask3d-parity (the original Mask3D code's outputs): its folder and the arrays of
+    inputs.npz and expected.npz."""
+
+    folder: Path
+    inputs: dict
+    expected: dict
+
+
+@pytest.fixture(scope="session")
+def mask3d_parity(shared_dir) -> Mask3DParity:
+    import numpy as np
+
+    folder = shared_dir / "fixtures" / "mask3d-parity"
+    with np.load(folder / "inputs.npz") as i, np.load(folder / "expected.npz") as e:
+        return Mask3DParity(folder, {k: i[k] for k in i.files}, {k: e[k] for k in e.files})

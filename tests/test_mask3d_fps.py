@@ -68,13 +68,10 @@ def _tie_cloud(n: int, seed: int, span: int = 3, origin_share: float = 0.05) -> 
 
 
 @pytest.fixture(scope="module")
-def fps_cases(shared_dir):
-    folder = shared_dir / "fixtures" / "mask3d-parity"
-    with np.load(folder / "fps_cases.npz") as z:
+def fps_cases(mask3d_parity):
+    with np.load(mask3d_parity.folder / "fps_cases.npz") as z:
         cases = {k: z[k] for k in z.files}
-    with np.load(folder / "expected.npz") as z:
-        voxel_coords = z["voxel_coords"]
-    return cases, voxel_coords
+    return cases, mask3d_parity.expected["voxel_coords"]
 
 
 @pytest.mark.parametrize("case", range(6))

@@ -28,15 +28,13 @@ TINY_HPARAMS = {"config": {"model": {"hidden_dim": 32, "dim_feedforward": 64, "n
 
 
 @pytest.fixture(scope="module")
-def parity(shared_dir):
-    """(model, inputs, expected, hyper_parameters) of the parity fixture, with one torch thread as the
-    fixture was made."""
-    folder = shared_dir / "fixtures" / "mask3d-parity"
-    ck = torch.load(folder / "checkpoint.ckpt", weights_only=True)
+def parity(mask3d_parity):
+    """(model, inputs, expected) of the parity fixture."""
+    ck = torch.load(mask3d_parity.folder / "checkpoint.ckpt", weights_only=True)
     sd = strip_model_prefix(ck["state_dict"])
     model = Mask3D(infer_arch(sd, ck["hyper_parameters"])).eval()
     load_mask3d_state(model, sd)
-    return model, dict(np.load(folder / "inputs.npz")), dict(np.load(folder / "expected.npz"))
+    return model, mask3d_parity.inputs, mask3d_parity.expected
 
 
 @pytest.fixture(scope="module")

@@ -150,12 +150,8 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="module")
-def parity(shared_dir):
-    folder = shared_dir / "fixtures" / "mask3d-parity"
-    with np.load(folder / "expected.npz") as z:
-        expected = {k: z[k] for k in z.files}
-    with np.load(folder / "inputs.npz") as z:
-        inputs = {k: z[k] for k in ("raw_coordinates", "inverse_map")}
+def parity(mask3d_parity):
+    expected, inputs = mask3d_parity.expected, mask3d_parity.inputs
     ptr, idx = expected["pp_masks_indptr"], expected["pp_masks_indices"]
     table = {idx[ptr[m] : ptr[m + 1]].astype(np.uint32).tobytes(): m for m in range(len(ptr) - 1)}
     return expected, inputs, table

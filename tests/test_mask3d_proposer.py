@@ -53,26 +53,23 @@ def test_default_postprocess_stores_each_point_set_once(tiny_ckpt, synth_scans):
     assert np.all(np.diff(masks.scores) <= 0) and np.all((masks.scores >= 0) & (masks.scores <= 1))
 
 
-def _fixture_scan(shared_dir) -> Scan:
-    inputs = np.load(shared_dir / "fixtures" / "mask3d-parity" / "inputs.npz")
-    return Scan(name="fragment", root=shared_dir, layout="scannet", points=inputs["points_xyz"],
-                colors=inputs["points_colors"])
+def _fixture_scan(parity) -> Scan:
+    return Scan(name="fragment", root=parity.folder, layout="scannet", points=parity.inputs["points_xyz"],
+                colors=parity.inputs["points_colors"])
 
 
 @pytest.mark.parametrize("mode, prefix", [("openmask3d", "openmask3d"), ("mask3d", "mask3d_dbscan")])
-def test_fixture_checkpoint_gives_the_original_final_masks(shared_dir, mode, prefix):
+def test_fixture_checkpoint_gives_the_original_final_masks(mask3d_parity, mode, prefix):
     """From the points alone: the same set of distinct final masks as the original code (points whose
     final logit is within 1e-3 of 0 may flip, as the fixture README allows)."""
-    folder = shared_dir / "fixtures" / "mask3d-parity"
-    exp = np.load(folder / "expected.npz")
+    exp, inputs = mask3d_parity.expected, mask3d_parity.inputs
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        masks = make_proposer("mask3d", checkpoint=folder / "checkpoint.ckpt", postprocess=mode,
-                              topk=100).propose(_fixture_scan(shared_dir))
+        masks = make_proposer("mask3d", checkpoint=mask3d_parity.folder / "checkpoint.ckpt", postprocess=mode,
+                              topk=100).propose(_fixture_scan(mask3d_parity))
     finally:
         torch.set_num_threads(threads)
-    inputs = np.load(folder / "inputs.npz")
     near_zero = np.abs(exp["pred_masks"]).min(axis=1) < 1e-3  # per voxel, any query
     unsure = near_zero[inputs["inverse_map"]]
     ptr, idx = exp["pp_masks_indptr"], exp["pp_masks_indices"]
