@@ -29,21 +29,20 @@ import tracemalloc
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from indexer.features.crops import ProjectedPointsRefiner  # noqa: E402
-from indexer.features.encoders import load_encoder  # noqa: E402
-from indexer.features.extractor import extract_features  # noqa: E402
-from indexer.features.presets import PRESETS, SAM_MODELS, get_preset, sam_model_for  # noqa: E402
-from indexer.features.tinyclip import write_local_dir_model  # noqa: E402
-from indexer.pipeline import IndexOptions, build_entries, build_refiner, encoder_identity, job_info  # noqa: E402
-from indexer.proposals import make_proposer  # noqa: E402
-from indexer.scans import read_scan  # noqa: E402
-from indexer.synthetic import generate_scan  # noqa: E402
-from storage import Store  # noqa: E402
-from storage.maskcodec import encode_indices  # noqa: E402
+from scenegrep.indexer.features.crops import ProjectedPointsRefiner  # noqa: E402
+from scenegrep.indexer.features.encoders import load_encoder  # noqa: E402
+from scenegrep.indexer.features.extractor import extract_features  # noqa: E402
+from scenegrep.indexer.features.presets import PRESETS, SAM_MODELS, get_preset, sam_model_for  # noqa: E402
+from scenegrep.indexer.features.tinyclip import write_local_dir_model  # noqa: E402
+from scenegrep.indexer.pipeline import IndexOptions, build_entries, build_refiner, encoder_identity, job_info  # noqa: E402
+from scenegrep.indexer.proposals import make_proposer  # noqa: E402
+from scenegrep.indexer.scans import read_scan  # noqa: E402
+from scenegrep.indexer.synthetic import generate_scan  # noqa: E402
+from scenegrep.storage import Store  # noqa: E402
+from scenegrep.storage.maskcodec import encode_indices  # noqa: E402
 from memory import reset_peak, status_kb  # noqa: E402  (benchmarks/memory.py)
 
 
@@ -67,7 +66,7 @@ class Stage:
 def _register_small_sam() -> None:
     """``--sam-model small``: a small SAM (width 64, 2 blocks, 256 px input, 64-wide decoder) registered for
     this benchmark only, so SAM's per-frame / per-prompt work can be counted and timed on a CPU."""
-    from indexer.features.sam import SamArch, register_sam_arch
+    from scenegrep.indexer.features.sam import SamArch, register_sam_arch
 
     register_sam_arch("small", SamArch(64, 2, 2, (1,), image_size=256, patch_size=16, window_size=8,
                                        prompt_embed_dim=64, decoder_depth=2, decoder_mlp_dim=256,
@@ -83,7 +82,7 @@ def _sam_refiner(args: argparse.Namespace, settings, tmp: Path, res: dict):
     if args.sam_random:
         if args.sam_model is None:
             raise SystemExit("--sam-random needs --sam-model")
-        from indexer.features.sam import write_random_sam_checkpoint
+        from scenegrep.indexer.features.sam import write_random_sam_checkpoint
 
         checkpoint = write_random_sam_checkpoint(tmp / f"sam_{args.sam_model}_random.pth", args.sam_model)
     if checkpoint is None:

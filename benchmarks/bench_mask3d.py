@@ -23,15 +23,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from indexer.proposals.mask3d.arch import scannet200_arch  # noqa: E402
-from indexer.proposals.mask3d.proposer import Mask3DOptions, Mask3DProposer  # noqa: E402
-from indexer.proposals.mask3d.random_checkpoint import write_random_checkpoint  # noqa: E402
-from indexer.scans import read_scan  # noqa: E402
-from indexer.synthetic import generate_scan  # noqa: E402
+from scenegrep.indexer.proposals.mask3d.arch import scannet200_arch  # noqa: E402
+from scenegrep.indexer.proposals.mask3d.proposer import Mask3DOptions, Mask3DProposer  # noqa: E402
+from scenegrep.indexer.proposals.mask3d.random_checkpoint import write_random_checkpoint  # noqa: E402
+from scenegrep.indexer.scans import read_scan  # noqa: E402
+from scenegrep.indexer.synthetic import generate_scan  # noqa: E402
 from memory import reset_peak, status_kb  # noqa: E402  (benchmarks/memory.py)
 
 

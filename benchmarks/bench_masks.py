@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from indexer.evaluate import evaluate_scan_dir  # noqa: E402
-from indexer.proposals import make_proposer  # noqa: E402
-from indexer.synthetic import generate_scan  # noqa: E402
+from scenegrep.indexer.evaluate import evaluate_scan_dir  # noqa: E402
+from scenegrep.indexer.proposals import make_proposer  # noqa: E402
+from scenegrep.indexer.synthetic import generate_scan  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -33,7 +33,7 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.proposals.base import MaskSet, Proposer
+from scenegrep.indexer.proposals.base import MaskSet, Proposer
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def load_gt(scan_dir: Path | str, num_points: int | None = None) -> np.ndarray:
 
 def evaluate_scan_dir(scan_dir: Path | str, proposer: Proposer) -> MaskAP:
     """Read the scan, run ``proposer`` on it and evaluate against its ``gt_instances.npy``."""
-    from indexer.scans import read_scan
+    from scenegrep.indexer.scans import read_scan
 
     scan = read_scan(Path(scan_dir))
     gt = load_gt(scan_dir, scan.num_points)

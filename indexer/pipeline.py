@@ -16,13 +16,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from indexer.features.crops import MaskRefiner, ProjectedPointsRefiner
-from indexer.features.encoders import ClipEncoder, EncoderSpec
-from indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
-from indexer.proposals import make_proposer
-from indexer.proposals.base import MaskFileError, MaskSet, Proposer
-from indexer.scans import Scan, ScanError, read_scan
-from storage import EncoderIdentity, InstanceEntry, ScanEntry, Store
+from scenegrep.indexer.features.crops import MaskRefiner, ProjectedPointsRefiner
+from scenegrep.indexer.features.encoders import ClipEncoder, EncoderSpec
+from scenegrep.indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
+from scenegrep.indexer.proposals import make_proposer
+from scenegrep.indexer.proposals.base import MaskFileError, MaskSet, Proposer
+from scenegrep.indexer.scans import Scan, ScanError, read_scan
+from scenegrep.storage import EncoderIdentity, InstanceEntry, ScanEntry, Store
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,13 @@ def build_refiner(sam_model: str | None, sam_checkpoint: Path | str | None, *, d
 
     Raises:
         ValueError: a checkpoint without a model name.
-        indexer.weights.WeightsFileError: the checkpoint cannot be used (one line naming the file).
+        scenegrep.indexer.weights.WeightsFileError: the checkpoint cannot be used (one line naming the file).
     """
     if sam_checkpoint is None:
         return None
     if sam_model is None:
         raise ValueError(f"{sam_checkpoint}: a SAM checkpoint needs its model name (vit_b, vit_l or vit_h)")
-    from indexer.features.sam import load_sam_refiner  # imports segment_anything and torch
+    from scenegrep.indexer.features.sam import load_sam_refiner  # imports segment_anything and torch
 
     return load_sam_refiner(sam_model, sam_checkpoint, device=device, precision=precision, seed=seed,
                             rounds=rounds, points=points)
@@ -222,7 +222,7 @@ def index_paths(
 
     The encoder is checked against the catalog and the proposer is built (a model proposer loads its
     checkpoint once for the whole job) before any scan is read, so an
-    :class:`storage.EncoderMismatchError` or a bad checkpoint's error propagates. A scan with bad input
+    :class:`scenegrep.storage.EncoderMismatchError` or a bad checkpoint's error propagates. A scan with bad input
     fails alone; finished scans are committed in batches of ``options.batch_size``.
     """
     options = options or IndexOptions()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scenegrep.errors import InputFileError
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,8 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
 
 
-class ScanError(Exception):
+class ScanError(InputFileError):
     """A scan folder that cannot be read. ``str(err)`` is one line: "<path>: <problem>"."""
-
-    def __init__(self, path: Path | str, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 class ScanLayoutError(ScanError):

@@ -9,20 +9,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import Callable
+from scenegrep.errors import InputFileError
 
 
-class WeightsFileError(Exception):
-    """A weights file that cannot be used: missing, not a checkpoint, or not the expected model.
-
-    Attributes:
-        path: the file.
-        problem: what is wrong, one line.
-    """
-
-    def __init__(self, path: Path | str, problem: str):
-        self.path = Path(path)
-        self.problem = " ".join(str(problem).split())
-        super().__init__(f"{self.path}: {self.problem}")
+class WeightsFileError(InputFileError):
+    """A weights file that cannot be used: missing, not a checkpoint, or not the expected model
+    (``path``: the file; ``problem``: what is wrong, one line)."""
 
 
 #: First bytes of a zip archive (``torch.save``'s format since torch 1.6).

@@ -13,11 +13,11 @@ from typing import Sequence
 
 import numpy as np
 
-from indexer.features.encoders import ClipEncoder, load_encoder
-from indexer.pipeline import encoder_identity
-from search.hits import Hit, HitPoints
-from storage import InstanceInfo, Store
-from storage.errors import StoreError
+from scenegrep.indexer.features.encoders import ClipEncoder, load_encoder
+from scenegrep.indexer.pipeline import encoder_identity
+from scenegrep.search.hits import Hit, HitPoints
+from scenegrep.storage import InstanceInfo, Store
+from scenegrep.storage.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class EncoderChangedError(StoreError):
 
 
 class SearchEngine:
-    """Ranked instance search over a :class:`storage.Store`.
+    """Ranked instance search over a :class:`scenegrep.storage.Store`.
 
     Args:
         store: an open store.

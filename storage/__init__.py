@@ -3,7 +3,10 @@
 Imports neither torch nor anything from ``indexer`` / ``search``.
 """
 
-from storage.errors import (
+if __name__ != "scenegrep.storage":  # one module, one name: never import this folder as a top-level package
+    raise ImportError(f"import scenegrep.storage, not {__name__} (the folder is installed under the scenegrep package)")
+
+from scenegrep.storage.errors import (
     CatalogVersionError,
     EncoderMismatchError,
     NotFoundError,
@@ -12,9 +15,9 @@ from storage.errors import (
     StoreLockedError,
     VectorIndexError,
 )
-from storage.maskcodec import decode_indices, encode_indices
-from storage.store import EncoderIdentity, InstanceEntry, InstanceInfo, ScanEntry, ScanInfo, Store
-from storage.vectors import VectorIndex
+from scenegrep.storage.maskcodec import decode_indices, encode_indices
+from scenegrep.storage.store import EncoderIdentity, InstanceEntry, InstanceInfo, ScanEntry, ScanInfo, Store
+from scenegrep.storage.vectors import VectorIndex
 
 __all__ = [
     "Store",

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from storage.errors import CatalogVersionError, StoreError
+from scenegrep.storage.errors import CatalogVersionError, StoreError
 
 __all__ = [
     "Base",
@@ -131,7 +131,7 @@ class InstanceRow(Base):
     max_y: Mapped[float] = mapped_column(Float, nullable=False)
     max_z: Mapped[float] = mapped_column(Float, nullable=False)
     score: Mapped[float] = mapped_column(Float, nullable=False)
-    point_indices: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # storage.maskcodec blob
+    point_indices: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # scenegrep.storage.maskcodec blob
     vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # float16 little endian
     searchable: Mapped[bool] = mapped_column(Boolean, nullable=False)
     thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # JPEG

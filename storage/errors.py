@@ -5,6 +5,7 @@ plain programming errors (wrong shape, wrong dtype) stay ``ValueError`` / ``Type
 """
 
 from __future__ import annotations
+from scenegrep.errors import ScenegrepError
 
 __all__ = [
     "StoreError",
@@ -17,7 +18,7 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(ScenegrepError):
     """Base class of every storage error."""
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from sqlalchemy import Row, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from storage.catalog import (
+from scenegrep.storage.catalog import (
     STATUS_INDEXED,
     STATUS_PENDING,
     Catalog,
@@ -51,7 +51,7 @@ from storage.catalog import (
     as_utc,
     utcnow,
 )
-from storage.errors import (
+from scenegrep.storage.errors import (
     EncoderMismatchError,
     NotFoundError,
     ScanExistsError,
@@ -59,8 +59,8 @@ from storage.errors import (
     StoreLockedError,
     VectorIndexError,
 )
-from storage.maskcodec import decode_indices, encode_indices
-from storage.vectors import VectorIndex, atomic_write
+from scenegrep.storage.maskcodec import decode_indices, encode_indices
+from scenegrep.storage.vectors import VectorIndex, atomic_write
 
 __all__ = ["Store", "EncoderIdentity", "ScanEntry", "InstanceEntry", "ScanInfo", "InstanceInfo"]
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-from storage.errors import NotFoundError, VectorIndexError
+from scenegrep.storage.errors import NotFoundError, VectorIndexError
 
 __all__ = ["VectorIndex", "atomic_write", "fsync_dir"]
 

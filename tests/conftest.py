@@ -28,8 +28,8 @@ def openmask3d_fixture(shared_dir):
     import numpy as np
     from plyfile import PlyData
 
-    from indexer.proposals.base import MaskSet
-    from indexer.scans import Frame, Scan
+    from scenegrep.indexer.proposals.base import MaskSet
+    from scenegrep.indexer.scans import Frame, Scan
 
     root = shared_dir / "fixtures" / "openmask3d-features"
     if not (root / "expected.npz").is_file():
@@ -51,7 +51,7 @@ def openmask3d_fixture(shared_dir):
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A random-weight open_clip ViT (embed dim 64, 64 px) saved in open_clip's local-dir format."""
-    from indexer.features.tinyclip import write_local_dir_model
+    from scenegrep.indexer.features.tinyclip import write_local_dir_model
 
     return write_local_dir_model(tmp_path_factory.mktemp("clip") / "tiny")
 
@@ -64,7 +64,7 @@ def tiny_clip_model(tiny_clip_dir) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_clip_model):
-    from indexer.features.encoders import load_encoder
+    from scenegrep.indexer.features.encoders import load_encoder
 
     return load_encoder(tiny_clip_model, None, device="cpu")
 
@@ -72,7 +72,7 @@ def tiny_encoder(tiny_clip_model):
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """Two small seeded synthetic scans (ScanNet layout with ground truth), shared read-only by tests."""
-    from indexer.synthetic import generate_scans
+    from scenegrep.indexer.synthetic import generate_scans
 
     out = tmp_path_factory.mktemp("synth")
     generate_scans(out, 2, seed=7, preset="small")

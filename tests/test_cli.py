@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from plyfile import PlyData
 
-from indexer.proposals.base import MaskSet
-from search.cli import cli
+from scenegrep.indexer.proposals.base import MaskSet
+from scenegrep.cli import cli
 
 
 def run(*args: str, ok: bool = True):
@@ -134,7 +134,7 @@ def test_synth_command(tmp_path):
 
 
 def _instance_ids(home: Path, scan_name: str) -> list[int]:
-    from storage import Store
+    from scenegrep.storage import Store
 
     with Store.open(home, read_only=True) as store:
         return [i.id for i in store.instances(scan_name)]
@@ -143,10 +143,10 @@ def _instance_ids(home: Path, scan_name: str) -> list[int]:
 def test_index_openmask3d_preset_end_to_end(home, synth_scans, tiny_clip_model, tiny_encoder):
     """``--preset openmask3d`` with one explicit override: the catalog records the settings used, and
     every stored vector is the unit direction of OpenMask3D's raw mean computed with those settings."""
-    from indexer.features.extractor import extract_features
-    from indexer.features.presets import OPENMASK3D
-    from indexer.proposals import make_proposer
-    from indexer.scans import read_scan
+    from scenegrep.indexer.features.extractor import extract_features
+    from scenegrep.indexer.features.presets import OPENMASK3D
+    from scenegrep.indexer.proposals import make_proposer
+    from scenegrep.indexer.scans import read_scan
 
     out = json.loads(run("index", synth_scans[0], "--preset", "openmask3d", "--top-k", "3",
                          "--clip-model", tiny_clip_model, "--json").stdout)
@@ -182,7 +182,7 @@ def test_index_openmask3d_preset_end_to_end(home, synth_scans, tiny_clip_model, 
 
 
 def test_show_vector(home, synth_scans, tiny_clip_model, tmp_path):
-    from storage import Store
+    from scenegrep.storage import Store
 
     cloud_only = tmp_path / "cloud_only"
     cloud_only.mkdir()
@@ -242,7 +242,7 @@ class _RecordingMask3D:
         self.calls: list[dict] = []
 
     def __call__(self, **options):
-        from indexer.proposals.geometric import GeometricConfig, GeometricProposer
+        from scenegrep.indexer.proposals.geometric import GeometricConfig, GeometricProposer
 
         self.calls.append(options)
         proposer = GeometricProposer(GeometricConfig())
@@ -252,7 +252,7 @@ class _RecordingMask3D:
 
 
 def test_mask3d_options_reach_the_proposer_once_per_job(home, synth_scans, tiny_clip_model, tmp_path, monkeypatch):
-    import indexer.proposals as proposals
+    import scenegrep.indexer.proposals as proposals
 
     factory = _RecordingMask3D()
     monkeypatch.setitem(proposals._REGISTRY, "mask3d", factory)
@@ -275,7 +275,7 @@ def test_mask3d_options_reach_the_proposer_once_per_job(home, synth_scans, tiny_
 
 
 def test_bad_mask3d_checkpoint_is_one_line(home, synth_scans, tiny_clip_model, tmp_path):
-    pytest.importorskip("indexer.proposals.mask3d.proposer")
+    pytest.importorskip("scenegrep.indexer.proposals.mask3d.proposer")
     bad = tmp_path / "scannet200_val.ckpt"
     bad.write_bytes(b"this is not a checkpoint")
     for cmd in (["index", synth_scans[0], "--clip-model", tiny_clip_model, "-q"],
@@ -290,7 +290,7 @@ def test_bad_mask3d_checkpoint_is_one_line(home, synth_scans, tiny_clip_model, t
 def tiny_sam_as_vit_b(tmp_path, monkeypatch):
     """A random-weight SAM checkpoint named like the official vit_b file; vit_b means the tiny architecture
     for the duration of the test, so the CLI's real option and loading path run in seconds."""
-    sam = pytest.importorskip("indexer.features.sam")
+    sam = pytest.importorskip("scenegrep.indexer.features.sam")
     tiny = sam.SamArch(32, 2, 2, (1,), image_size=128, patch_size=16, window_size=4, prompt_embed_dim=32,
                        decoder_depth=1, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32,
                        mask_in_chans=4)
@@ -301,8 +301,8 @@ def tiny_sam_as_vit_b(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_index_with_sam_records_the_method_and_loads_once(home, synth_scans, tiny_clip_model, tiny_sam_as_vit_b,
                                                           monkeypatch):
-    import indexer.features.sam as sam
-    from indexer.features.encoders import sha256_file
+    import scenegrep.indexer.features.sam as sam
+    from scenegrep.indexer.features.encoders import sha256_file
 
     loads = []
     real = sam.load_sam_refiner

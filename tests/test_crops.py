@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.features.crops import (
+from scenegrep.indexer.features.crops import (
     MaskRefiner,
     ProjectedPointsRefiner,
     box_from_pixels,

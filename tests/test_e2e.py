@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.features.crops import ProjectedPointsRefiner
-from indexer.features.encoders import EncoderSpec
-from indexer.features.extractor import extract_features
-from indexer.features.presets import OPENMASK3D
-from indexer.pipeline import IndexOptions, index_paths
-from indexer.proposals import make_proposer
-from indexer.scans import read_scan
-from indexer.synthetic import FLOOR_RGB, PALETTE, WALL_RGB
-from search.engine import SearchEngine
-from storage import Store
-from storage.errors import EncoderMismatchError
+from scenegrep.indexer.features.crops import ProjectedPointsRefiner
+from scenegrep.indexer.features.encoders import EncoderSpec
+from scenegrep.indexer.features.extractor import extract_features
+from scenegrep.indexer.features.presets import OPENMASK3D
+from scenegrep.indexer.pipeline import IndexOptions, index_paths
+from scenegrep.indexer.proposals import make_proposer
+from scenegrep.indexer.scans import read_scan
+from scenegrep.indexer.synthetic import FLOOR_RGB, PALETTE, WALL_RGB
+from scenegrep.search.engine import SearchEngine
+from scenegrep.storage import Store
+from scenegrep.storage.errors import EncoderMismatchError
 
 NEUTRAL = {"white", "black"}  # chromaticity cannot tell these from the grey floor and walls
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.features.encoders import EncoderWeightsError, load_encoder
-from indexer.features.tinyclip import CONFIG_NAME, WEIGHTS_NAME, write_local_dir_model
+from scenegrep.indexer.features.encoders import EncoderWeightsError, load_encoder
+from scenegrep.indexer.features.tinyclip import CONFIG_NAME, WEIGHTS_NAME, write_local_dir_model
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_reduced_precision_autocast(tiny_dir, tiny):
     """bf16 (and fp16 where this torch supports CPU autocast) run on the CPU and stay close to fp32."""
     import torch
 
-    from indexer.features.encoders import autocast_context, check_precision
+    from scenegrep.indexer.features.encoders import autocast_context, check_precision
 
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 256, (48, 40, 3), dtype=np.uint8) for _ in range(6)]

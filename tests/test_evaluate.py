@@ -1,4 +1,4 @@
-"""Class-agnostic AP (indexer.evaluate): hand-computed cases and a cross-check against a plain
+"""Class-agnostic AP (scenegrep.indexer.evaluate): hand-computed cases and a cross-check against a plain
 re-statement of ScanNet's evaluate_semantic_instance.py (dicts, dense boolean masks, the original loops)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.evaluate import ALL_THRESHOLDS, AP_THRESHOLDS, evaluate_many, evaluate_masks, evaluate_scan_dir
-from indexer.proposals.base import MaskSet
+from scenegrep.indexer.evaluate import ALL_THRESHOLDS, AP_THRESHOLDS, evaluate_many, evaluate_masks, evaluate_scan_dir
+from scenegrep.indexer.proposals.base import MaskSet
 
 
 def _masks(blocks, scores, n) -> MaskSet:
@@ -144,7 +144,7 @@ def test_gt_length_mismatch():
 
 
 def test_evaluate_scan_dir(tmp_path, monkeypatch):
-    from indexer.scans import Scan
+    from scenegrep.indexer.scans import Scan
 
     gt = np.zeros(400, np.int32)
     gt[:150] = 3
@@ -157,7 +157,7 @@ def test_evaluate_scan_dir(tmp_path, monkeypatch):
             return _masks([r_(0, 150)], [1.0], scan.num_points)
 
     fake = Scan("s", tmp_path, "scannet", np.zeros((400, 3)), np.zeros((400, 3)))
-    monkeypatch.setattr("indexer.scans.read_scan", lambda p: fake, raising=False)
+    monkeypatch.setattr("scenegrep.indexer.scans.read_scan", lambda p: fake, raising=False)
     assert evaluate_scan_dir(tmp_path, Fixed()).ap == pytest.approx(1.0)
 
 

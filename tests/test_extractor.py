@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.features.encoders import load_encoder
-from indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
-from indexer.features.tinyclip import write_local_dir_model
-from indexer.proposals.base import MaskSet
-from indexer.scans import Frame, Scan
+from scenegrep.indexer.features.encoders import load_encoder
+from scenegrep.indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
+from scenegrep.indexer.features.tinyclip import write_local_dir_model
+from scenegrep.indexer.proposals.base import MaskSet
+from scenegrep.indexer.scans import Frame, Scan
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "openmask3d-features"
 
@@ -229,7 +229,7 @@ class _RecordingRefiner:
     name = "recording"
 
     def __init__(self):
-        from indexer.features.crops import ProjectedPointsRefiner
+        from scenegrep.indexer.features.crops import ProjectedPointsRefiner
 
         self.inner = ProjectedPointsRefiner()
         self.calls: list[tuple[int, list[int], int]] = []

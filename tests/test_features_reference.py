@@ -8,7 +8,7 @@ view, does what OpenMask3D's ``extract_features`` does: (with SAM) a fresh ``Sam
 ``mask2box`` of the 2D mask, the multi-level boxes, one CLIP call per crop, normalise, average.
 
 The only thing taken from the library is the seeded choice of prompt points
-(:func:`indexer.features.sam.prompt_point_indices`, which defines which points a round uses) and the
+(:func:`scenegrep.indexer.features.sam.prompt_point_indices`, which defines which points a round uses) and the
 models themselves. The fast path must give the same vectors to 1e-6, with and without SAM.
 """
 
@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.features.extractor import FeatureConfig, extract_features
-from indexer.features.sam import (
+from scenegrep.indexer.features.extractor import FeatureConfig, extract_features
+from scenegrep.indexer.features.sam import (
     SamArch,
     load_sam_refiner,
     prompt_point_indices,
     register_sam_arch,
     write_random_sam_checkpoint,
 )
-from indexer.proposals.base import MaskSet
-from indexer.scans import read_scan
+from scenegrep.indexer.proposals.base import MaskSet
+from scenegrep.indexer.scans import read_scan
 
 TINY = "tiny-reference"
 TINY_ARCH = SamArch(24, 2, 2, (1,), image_size=128, patch_size=16, window_size=4, prompt_embed_dim=32,

@@ -1,4 +1,4 @@
-"""indexer.proposals.mask3d.checkpoint: reading Mask3D checkpoint files safely into tensors and plain data."""
+"""scenegrep.indexer.proposals.mask3d.checkpoint: reading Mask3D checkpoint files safely into tensors and plain data."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from indexer.proposals.mask3d.checkpoint import (
+from scenegrep.indexer.proposals.mask3d.checkpoint import (
     ALLOW_LIST,
     Mask3DCheckpointError,
     read_checkpoint,
     resolve_interpolations,
 )
-from indexer.weights import WeightsFileError
+from scenegrep.indexer.weights import WeightsFileError
 
 DATA = Path(__file__).resolve().parent / "data" / "mask3d"
 COMMITTED = DATA / "lightning17_omegaconf206.ckpt"
@@ -123,7 +123,7 @@ def test_lightning_checkpoint_with_real_dictconfig(tmp_path, monkeypatch, caplog
         monkeypatch.setattr(cls, "__setstate__", refuse, raising=False)
     for name in [m for m in sys.modules if m == "omegaconf" or m.startswith("omegaconf.")]:
         monkeypatch.setitem(sys.modules, name, None)   # any import of omegaconf now fails
-    with caplog.at_level(logging.INFO, logger="indexer.proposals.mask3d.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="scenegrep.indexer.proposals.mask3d.checkpoint"):
         ckpt = read_checkpoint(path)
 
     assert (FALLBACK_LOG in caplog.text) == with_scheduler

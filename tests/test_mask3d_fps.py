@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.proposals.mask3d.fps import furthest_point_sample, kernel_threads
+from scenegrep.indexer.proposals.mask3d.fps import furthest_point_sample, kernel_threads
 
 
 def kernel_oracle(xyz: np.ndarray, npoint: int) -> list[int]:

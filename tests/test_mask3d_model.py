@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.proposals.mask3d.arch import ArchError, infer_arch, tiny_arch
-from indexer.proposals.mask3d.convert import (
+from scenegrep.indexer.proposals.mask3d.arch import ArchError, infer_arch, tiny_arch
+from scenegrep.indexer.proposals.mask3d.convert import (
     expected_checkpoint_shapes,
     export_mask3d_state,
     load_mask3d_state,
@@ -18,9 +18,9 @@ from indexer.proposals.mask3d.convert import (
     spconv_to_me_kernel,
     strip_model_prefix,
 )
-from indexer.proposals.mask3d.model import Mask3D, _avg_pool
-from indexer.proposals.mask3d.random_checkpoint import random_mask3d_state
-from indexer.proposals.mask3d.voxelize import voxelize
+from scenegrep.indexer.proposals.mask3d.model import Mask3D, _avg_pool
+from scenegrep.indexer.proposals.mask3d.random_checkpoint import random_mask3d_state
+from scenegrep.indexer.proposals.mask3d.voxelize import voxelize
 
 TINY_HPARAMS = {"config": {"model": {"hidden_dim": 32, "dim_feedforward": 64, "num_queries": 16, "num_heads": 4,
                                      "num_decoders": 3, "shared_decoder": True, "hlevels": [0, 1, 2, 3],

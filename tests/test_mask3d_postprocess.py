@@ -10,8 +10,8 @@ import pytest
 import torch
 from sklearn.cluster import DBSCAN
 
-from indexer.proposals.mask3d import postprocess as pp
-from indexer.proposals.mask3d.postprocess import EpsComponents, PostprocessConfig, dbscan_labels, postprocess
+from scenegrep.indexer.proposals.mask3d import postprocess as pp
+from scenegrep.indexer.proposals.mask3d.postprocess import EpsComponents, PostprocessConfig, dbscan_labels, postprocess
 
 # -- exact DBSCAN ---------------------------------------------------------------------------------------
 
@@ -323,7 +323,7 @@ def test_mask3d_topk_larger_than_the_candidates_is_clamped_and_logged(caplog):
     masks[:2, 0] = 1.0
     masks[4:6, 1] = 1.0
     logits = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
-    with caplog.at_level(logging.INFO, logger="indexer.proposals.mask3d.postprocess"):
+    with caplog.at_level(logging.INFO, logger="scenegrep.indexer.proposals.mask3d.postprocess"):
         result = postprocess(logits, masks, raw, inverse, PostprocessConfig("mask3d", topk=750))
     assert result.ranked_mask.size == 2 * 3  # parts x classes
     assert "topk 750" in caplog.text

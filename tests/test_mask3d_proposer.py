@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.proposals import make_proposer
-from indexer.proposals.base import MaskSet
-from indexer.proposals.mask3d.arch import tiny_arch
-from indexer.proposals.mask3d.checkpoint import Mask3DCheckpointError
-from indexer.proposals.mask3d.random_checkpoint import (
+from scenegrep.indexer.proposals import make_proposer
+from scenegrep.indexer.proposals.base import MaskSet
+from scenegrep.indexer.proposals.mask3d.arch import tiny_arch
+from scenegrep.indexer.proposals.mask3d.checkpoint import Mask3DCheckpointError
+from scenegrep.indexer.proposals.mask3d.random_checkpoint import (
     random_mask3d_state,
     write_random_checkpoint,
 )
-from indexer.scans import Scan, read_scan
+from scenegrep.indexer.scans import Scan, read_scan
 from tests.test_cli import assert_one_line_error, run
 
 

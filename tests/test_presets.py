@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from indexer.features.crops import ProjectedPointsRefiner, multi_level_boxes
-from indexer.features.encoders import load_encoder
-from indexer.features.extractor import FeatureConfig, extract_features
-from indexer.features.presets import (
+from scenegrep.indexer.features.crops import ProjectedPointsRefiner, multi_level_boxes
+from scenegrep.indexer.features.encoders import load_encoder
+from scenegrep.indexer.features.extractor import FeatureConfig, extract_features
+from scenegrep.indexer.features.presets import (
     DEFAULT,
     OPENMASK3D,
     PRESETS,
@@ -22,8 +22,8 @@ from indexer.features.presets import (
     preset_table_markdown,
     sam_model_for,
 )
-from search.cli import cli
-from storage import Store
+from scenegrep.cli import cli
+from scenegrep.storage import Store
 
 
 def run(*args, ok: bool = True):

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.proposals import make_proposer, proposer_names, register_proposer
-from indexer.proposals.base import MaskFileError, MaskSet
-from indexer.proposals.files import FileProposer, dense_to_maskset, load_mask_file
-from indexer.proposals.geometric import (
+from scenegrep.indexer.proposals import make_proposer, proposer_names, register_proposer
+from scenegrep.indexer.proposals.base import MaskFileError, MaskSet
+from scenegrep.indexer.proposals.files import FileProposer, dense_to_maskset, load_mask_file
+from scenegrep.indexer.proposals.geometric import (
     GeometricConfig,
     GeometricProposer,
     Hierarchy,
@@ -22,7 +22,7 @@ from indexer.proposals.geometric import (
     propose_points,
     voxelize,
 )
-from indexer.scans import Scan
+from scenegrep.indexer.scans import Scan
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 OM3D_SCENE = SHARED / "fixtures" / "openmask3d-features" / "scene"
@@ -133,7 +133,7 @@ def test_geometric_finds_each_box_whole(room, room_masks):
 
 
 def test_geometric_ap_on_in_test_room(room, room_masks):
-    from indexer.evaluate import evaluate_masks
+    from scenegrep.indexer.evaluate import evaluate_masks
 
     _, _, gt = room
     r = evaluate_masks(room_masks, gt)
@@ -435,7 +435,7 @@ def test_geometric_ap50_floor_on_synthetic_scan(synth_scans):
     "small")). Measured with the tuned defaults: synth_000 AP50 0.901 (AP 0.879), synth_001 AP50 0.974
     (AP 0.892). The floor leaves room for small generator changes while catching a broken proposer
     (untuned settings scored AP50 ~0.54 on the tuning rooms)."""
-    from indexer.evaluate import evaluate_scan_dir
+    from scenegrep.indexer.evaluate import evaluate_scan_dir
 
     for scan_dir in synth_scans:
         r = evaluate_scan_dir(scan_dir, make_proposer("geometric"))

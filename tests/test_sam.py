@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.features.crops import ProjectedPointsRefiner, box_from_pixels
-from indexer.features.extractor import FeatureConfig, extract_features
-from indexer.features.sam import (
+from scenegrep.indexer.features.crops import ProjectedPointsRefiner, box_from_pixels
+from scenegrep.indexer.features.extractor import FeatureConfig, extract_features
+from scenegrep.indexer.features.sam import (
     SamArch,
     SamCheckpointError,
     SamRefiner,
@@ -28,9 +28,9 @@ from indexer.features.sam import (
     register_sam_arch,
     write_random_sam_checkpoint,
 )
-from indexer.proposals.base import MaskSet
-from indexer.scans import read_scan
-from indexer.weights import WeightsFileError
+from scenegrep.indexer.proposals.base import MaskSet
+from scenegrep.indexer.scans import read_scan
+from scenegrep.indexer.weights import WeightsFileError
 
 TINY = "tiny-test"
 TINY_ARCH = SamArch(32, 2, 2, (1,), image_size=128, patch_size=16, window_size=4, prompt_embed_dim=32,
@@ -60,7 +60,7 @@ def scan_and_masks(synth_scans):
 
 def _frame_inputs(scan, masks, frame_pos: int, top_k: int = 5):
     """(rgb, pixels per mask, depth size, frame id, mask ids) of one used frame, as the stage passes them."""
-    from indexer.features.visibility import compute_visibility
+    from scenegrep.indexer.features.visibility import compute_visibility
 
     vis = compute_visibility(scan, masks, top_k=top_k)
     pairs = vis.views_by_frame()[frame_pos]
@@ -70,7 +70,7 @@ def _frame_inputs(scan, masks, frame_pos: int, top_k: int = 5):
 
 
 def _busiest_frame(scan, masks) -> int:
-    from indexer.features.visibility import compute_visibility
+    from scenegrep.indexer.features.visibility import compute_visibility
 
     by = compute_visibility(scan, masks, top_k=5).views_by_frame()
     return max(by, key=lambda v: len(by[v]))
@@ -112,7 +112,7 @@ def test_prompt_sampling_is_seeded_by_identity_only():
 
 def _one_at_a_time(ref: SamRefiner, rgb, pixels, size, frame_id, mask_ids):
     """OpenMask3D's loop: set_image per mask, predict() per round, strictly-better IoU, mask2box."""
-    from indexer.features.crops import scale_box, scale_pixels
+    from scenegrep.indexer.features.crops import scale_box, scale_pixels
 
     predictor = ref.predictor
     color_size = (rgb.shape[1], rgb.shape[0])
@@ -210,7 +210,7 @@ def test_reduced_precision_on_cpu(sam_file, scan_and_masks, tiny_clip_model, pre
     fp32) 0.9961 (bf16) / 0.9999998 (fp16). bf16 moves some SAM boxes: this random SAM's predicted IoUs
     differ by ~0.01 between rounds, so bf16's coarser image embedding sometimes changes the winning round.
     """
-    from indexer.features.encoders import load_encoder
+    from scenegrep.indexer.features.encoders import load_encoder
 
     try:
         enc_lo = load_encoder(tiny_clip_model, None, precision=precision)

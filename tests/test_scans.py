@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from plyfile import PlyData, PlyElement
 
-from indexer.scans import (
+from scenegrep.indexer.scans import (
     FrameError,
     PointCloudError,
     ScanError,
@@ -310,7 +310,7 @@ def test_nan_pose_frame_is_skipped_with_warning(tmp_path, caplog):
     m = _pose(1)
     m[0, 3] = np.nan
     np.savetxt(root / "pose" / "1.txt", m)
-    with caplog.at_level(logging.WARNING, logger="indexer.scans"):
+    with caplog.at_level(logging.WARNING, logger="scenegrep.indexer.scans"):
         scan = read_scan(root)
     assert [f.frame_id for f in scan.frames] == [0, 2, 4]
     assert any("inf/NaN" in r.getMessage() and "[1, 3]" in r.getMessage() for r in caplog.records)

@@ -1,4 +1,4 @@
-"""storage.maskcodec: exact round trips, input validation, corruption detection, size on a ScanNet-size scan."""
+"""scenegrep.storage.maskcodec: exact round trips, input validation, corruption detection, size on a ScanNet-size scan."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from storage.maskcodec import decode_indices, encode_indices
+from scenegrep.storage.maskcodec import decode_indices, encode_indices
 
 
 def _roundtrip(idx) -> np.ndarray:

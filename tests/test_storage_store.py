@@ -1,4 +1,4 @@
-"""storage.Store: the commit protocol, recovery, and exact oracles (brute-force cosine, numpy bboxes)."""
+"""scenegrep.storage.Store: the commit protocol, recovery, and exact oracles (brute-force cosine, numpy bboxes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect
 
-from storage import (
+from scenegrep.storage import (
     CatalogVersionError,
     EncoderIdentity,
     EncoderMismatchError,
@@ -23,8 +23,8 @@ from storage import (
     StoreLockedError,
     VectorIndex,
 )
-from storage.catalog import Base, Catalog
-from storage.store import Store as StoreClass
+from scenegrep.storage.catalog import Base, Catalog
+from scenegrep.storage.store import Store as StoreClass
 
 DIM = 8
 ENC = EncoderIdentity("tiny-clip", "test-weights", "ab" * 32, DIM, False, {"mean": [0.5]})

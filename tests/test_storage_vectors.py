@@ -1,4 +1,4 @@
-"""storage.vectors.VectorIndex against a brute-force numpy oracle."""
+"""scenegrep.storage.vectors.VectorIndex against a brute-force numpy oracle."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from storage.errors import NotFoundError, VectorIndexError
-from storage.vectors import VectorIndex
+from scenegrep.storage.errors import NotFoundError, VectorIndexError
+from scenegrep.storage.vectors import VectorIndex
 
 DIM = 16
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from indexer.scans import backproject_frame, read_scan
-from indexer.synthetic import CATEGORIES, PALETTE, generate_scan, generate_scans, scan_seed
+from scenegrep.indexer.scans import backproject_frame, read_scan
+from scenegrep.indexer.synthetic import CATEGORIES, PALETTE, generate_scan, generate_scans, scan_seed
 
 PALETTE_NAMES = {name for name, _ in PALETTE}
 

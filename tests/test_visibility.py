@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.features.crops import ProjectedPointsRefiner, multi_level_boxes
-from indexer.features.visibility import (
+from scenegrep.indexer.features.crops import ProjectedPointsRefiner, multi_level_boxes
+from scenegrep.indexer.features.visibility import (
     _TopK,
     compute_visibility,
     exact_depth,
@@ -18,8 +18,8 @@ from indexer.features.visibility import (
     visible_mask,
     visible_points,
 )
-from indexer.proposals.base import MaskSet
-from indexer.scans import Frame, Scan
+from scenegrep.indexer.proposals.base import MaskSet
+from scenegrep.indexer.scans import Frame, Scan
 
 
 K = np.array([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])

@@ -10,7 +10,7 @@
 torch / open_clip are imported lazily (inside functions), so importing this package stays cheap.
 """
 
-from indexer.features.crops import (
+from scenegrep.indexer.features.crops import (
     Box,
     MaskRefiner,
     ProjectedPointsRefiner,
@@ -18,15 +18,15 @@ from indexer.features.crops import (
     multi_level_boxes,
     scale_box,
 )
-from indexer.features.encoders import (
+from scenegrep.indexer.features.encoders import (
     PRECISIONS,
     ClipEncoder,
     EncoderSpec,
     EncoderWeightsError,
     load_encoder,
 )
-from indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
-from indexer.features.sam import (
+from scenegrep.indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
+from scenegrep.indexer.features.sam import (
     SAM_ARCHS,
     SamArch,
     SamCheckpointError,
@@ -35,8 +35,8 @@ from indexer.features.sam import (
     register_sam_arch,
     write_random_sam_checkpoint,
 )
-from indexer.features.tinyclip import write_local_dir_model
-from indexer.features.visibility import Visibility, compute_visibility, project_points, visible_points
+from scenegrep.indexer.features.tinyclip import write_local_dir_model
+from scenegrep.indexer.features.visibility import Visibility, compute_visibility, project_points, visible_points
 
 __all__ = [
     "Box", "MaskRefiner", "ProjectedPointsRefiner", "box_from_pixels", "multi_level_boxes", "scale_box",

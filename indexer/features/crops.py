@@ -1,5 +1,5 @@
 """2D crop boxes of a mask in a view: OpenMask3D's ``mask2box`` / ``mask2box_multi_level``, plus the
-seam where a 2D mask refiner (SAM: :mod:`indexer.features.sam`) plugs in.
+seam where a 2D mask refiner (SAM: :mod:`scenegrep.indexer.features.sam`) plugs in.
 
 Boxes are ``(x1, y1, x2, y2)`` Python ints in pixel coordinates, with x2 and y2 **exclusive**, i.e.
 directly usable as ``PIL.Image.crop(box)``.
@@ -109,7 +109,7 @@ class MaskRefiner(Protocol):
     """Turns a mask's visible projected pixels in one view into its 2D region in the colour image.
 
     Called once per frame with all masks that chose that frame, so a model (SAM,
-    :class:`indexer.features.sam.SamRefiner`) can embed the image once and prompt it for every mask.
+    :class:`scenegrep.indexer.features.sam.SamRefiner`) can embed the image once and prompt it for every mask.
     """
 
     #: recorded in the catalog as the 2D mask method.

@@ -1,15 +1,15 @@
 """The mask-feature stage: one CLIP vector per 3D mask from its best posed RGB-D views (OpenMask3D).
 
-For every mask: pick the top-k views by visible pixels (:mod:`indexer.features.visibility`), cut
+For every mask: pick the top-k views by visible pixels (:mod:`scenegrep.indexer.features.visibility`), cut
 ``crop_levels`` nested crops around the mask's 2D region in each of those views
-(:mod:`indexer.features.crops`), encode every crop with CLIP, L2-normalise each crop embedding and
+(:mod:`scenegrep.indexer.features.crops`), encode every crop with CLIP, L2-normalise each crop embedding and
 average them per mask (each view counts ``crop_levels`` times, as OpenMask3D). By default the mean is
 L2-normalised again (``renormalize``) so every stored vector is a unit vector; OpenMask3D keeps the
 raw mean (norm ~0.99), ``renormalize=False`` reproduces it.
 
-The 2D region a view's crops are cut around comes from a :class:`~indexer.features.crops.MaskRefiner`:
+The 2D region a view's crops are cut around comes from a :class:`~scenegrep.indexer.features.crops.MaskRefiner`:
 by default the bounding box of the mask's visible projected pixels (OpenMask3D with SAM replaced by its
-prompt pixels), or SAM (:class:`indexer.features.sam.SamRefiner`, OpenMask3D's full method).
+prompt pixels), or SAM (:class:`scenegrep.indexer.features.sam.SamRefiner`, OpenMask3D's full method).
 
 Work is organised by frame, not by mask: each chosen colour image is decoded once, the refiner sees all
 masks that chose it in one call (SAM embeds the image once for all of them; OpenMask3D embeds it once per
@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from indexer.features.crops import MaskRefiner, ProjectedPointsRefiner, multi_level_boxes
-from indexer.features.visibility import Visibility, compute_visibility, frame_positions
+from scenegrep.indexer.features.crops import MaskRefiner, ProjectedPointsRefiner, multi_level_boxes
+from scenegrep.indexer.features.visibility import Visibility, compute_visibility, frame_positions
 
 if TYPE_CHECKING:
-    from indexer.proposals.base import MaskSet
-    from indexer.scans import Scan
+    from scenegrep.indexer.proposals.base import MaskSet
+    from scenegrep.indexer.scans import Scan
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +211,10 @@ def extract_features(
         config: settings (defaults: :class:`FeatureConfig`).
         progress: optional ``progress(stage, done, total)``.
         refiner: 2D mask refiner (default :class:`ProjectedPointsRefiner`: box of the visible pixels;
-            :func:`indexer.features.sam.load_sam_refiner` for SAM).
+            :func:`scenegrep.indexer.features.sam.load_sam_refiner` for SAM).
 
     Raises:
-        indexer.scans.FrameError: a used depth or colour image is unreadable.
+        scenegrep.indexer.scans.FrameError: a used depth or colour image is unreadable.
     """
     from PIL import Image
 

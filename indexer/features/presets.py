@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indexer.features.extractor import FeatureConfig
+from scenegrep.indexer.features.extractor import FeatureConfig
 
 #: SAM architectures of the ``segment_anything`` package.
 SAM_MODELS: tuple[str, ...] = ("vit_b", "vit_l", "vit_h")

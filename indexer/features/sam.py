@@ -4,7 +4,7 @@ OpenMask3D, per (mask, top-k view): SAM is prompted with points drawn from the m
 pixels, ``rounds`` times (10), each time with ``min(points, P)`` (5) of the P pixels chosen at random
 without replacement, all labelled foreground, ``multimask_output=False``; the round whose predicted IoU is
 **strictly greater** than the best so far (starting at 0) wins, and the level-0 crop box is the bounding
-box of that SAM mask (x2/y2 exclusive, :func:`indexer.features.crops.box_from_pixels` semantics).
+box of that SAM mask (x2/y2 exclusive, :func:`scenegrep.indexer.features.crops.box_from_pixels` semantics).
 
 What differs, and why:
 
@@ -21,7 +21,7 @@ What differs, and why:
   ``mask2box`` returns None and its crop loop crashes (it unpacks None). Here the view falls back to the
   projected-points box (the no-SAM mode's box) and ``stats["fallbacks"]`` counts it.
 * **Resolution.** Prompts are the depth-grid pixels mapped to the colour image with
-  :func:`indexer.features.crops.scale_pixels` (OpenMask3D assumes both grids are equal; then it is the
+  :func:`scenegrep.indexer.features.crops.scale_pixels` (OpenMask3D assumes both grids are equal; then it is the
   identity).
 
 Checkpoints are loaded with ``torch.load(weights_only=True)`` into an architecture from
@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from indexer.features.crops import Box, box_from_pixels, scale_box, scale_pixels
-from indexer.features.encoders import autocast_context, check_precision
-from indexer.weights import WeightsFileError, check_torch_file, sha256_file
+from scenegrep.indexer.features.crops import Box, box_from_pixels, scale_box, scale_pixels
+from scenegrep.indexer.features.encoders import autocast_context, check_precision
+from scenegrep.indexer.weights import WeightsFileError, check_torch_file, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -390,7 +390,7 @@ class _Best:
 
 
 class SamRefiner:
-    """:class:`indexer.features.crops.MaskRefiner` with SAM (see module doc).
+    """:class:`scenegrep.indexer.features.crops.MaskRefiner` with SAM (see module doc).
 
     Attributes:
         name: ``"sam:<model_type>"``, recorded in the catalog as the 2D mask method.

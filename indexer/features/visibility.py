@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from indexer.scans import Frame
+from scenegrep.indexer.scans import Frame
 
 if TYPE_CHECKING:
-    from indexer.proposals.base import MaskSet
-    from indexer.scans import Scan
+    from scenegrep.indexer.proposals.base import MaskSet
+    from scenegrep.indexer.scans import Scan
 
 log = logging.getLogger(__name__)
 

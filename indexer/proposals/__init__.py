@@ -1,12 +1,12 @@
 """Class-agnostic mask proposers and their registry.
 
-``make_proposer(name, **options)`` builds a :class:`~indexer.proposals.base.Proposer`:
+``make_proposer(name, **options)`` builds a :class:`~scenegrep.indexer.proposals.base.Proposer`:
 
-* ``"geometric"`` (default, no weights): options are :class:`~indexer.proposals.geometric.GeometricConfig`
+* ``"geometric"`` (default, no weights): options are :class:`~scenegrep.indexer.proposals.geometric.GeometricConfig`
   fields (or ``config=GeometricConfig(...)``).
 * ``"file"``: ``path=`` a mask file (``.npz`` or OpenMask3D ``*_masks.pt``).
 * ``"mask3d"``: ``checkpoint=`` a Mask3D checkpoint; other options are
-  :class:`~indexer.proposals.mask3d.proposer.Mask3DOptions` fields.
+  :class:`~scenegrep.indexer.proposals.mask3d.proposer.Mask3DOptions` fields.
 
 Other proposers plug in with :func:`register_proposer`. Implementations are imported lazily, so importing
 this package does not import torch or spconv.
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from indexer.proposals.base import MaskFileError, MaskSet, Proposer
+from scenegrep.indexer.proposals.base import MaskFileError, MaskSet, Proposer
 
 __all__ = ["MaskFileError", "MaskSet", "Proposer", "make_proposer", "register_proposer", "proposer_names"]
 
 
 def _geometric(**options: Any) -> Proposer:
-    from indexer.proposals.geometric import GeometricConfig, GeometricProposer
+    from scenegrep.indexer.proposals.geometric import GeometricConfig, GeometricProposer
 
     config = options.pop("config", None)
     if config is not None and options:
@@ -31,7 +31,7 @@ def _geometric(**options: Any) -> Proposer:
 
 
 def _file(**options: Any) -> Proposer:
-    from indexer.proposals.files import FileProposer
+    from scenegrep.indexer.proposals.files import FileProposer
 
     if "path" not in options:
         raise TypeError("the 'file' proposer needs path=<mask file>")
@@ -39,7 +39,7 @@ def _file(**options: Any) -> Proposer:
 
 
 def _mask3d(**options: Any) -> Proposer:
-    from indexer.proposals.mask3d.proposer import Mask3DOptions, Mask3DProposer
+    from scenegrep.indexer.proposals.mask3d.proposer import Mask3DOptions, Mask3DProposer
 
     if options.get("checkpoint") is None:
         raise ValueError("the 'mask3d' proposer needs a checkpoint (--checkpoint PATH to a Mask3D .ckpt)")

@@ -14,18 +14,14 @@ from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
+from scenegrep.errors import InputFileError
 
 if TYPE_CHECKING:
-    from indexer.scans import Scan
+    from scenegrep.indexer.scans import Scan
 
 
-class MaskFileError(Exception):
+class MaskFileError(InputFileError):
     """A mask file that cannot be read. ``str(err)`` is one line naming the file."""
-
-    def __init__(self, path: Path | str, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass

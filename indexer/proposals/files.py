@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from indexer.proposals.base import MaskFileError, MaskSet
+from scenegrep.indexer.proposals.base import MaskFileError, MaskSet
 
 if TYPE_CHECKING:
-    from indexer.scans import Scan
+    from scenegrep.indexer.scans import Scan
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ object+floor unions die young. It is multiplied by an area prior ``area / (area 
 occupied voxels x voxel face, m^2) because small leftover fragments (a leg, a strip along a fold) are far more
 often parts than objects. The masks are returned sorted by descending score.
 
-Defaults were tuned for class-agnostic AP on seeded synthetic ``small`` rooms (indexer.synthetic, seeds
+Defaults were tuned for class-agnostic AP on seeded synthetic ``small`` rooms (scenegrep.indexer.synthetic, seeds
 0-4: mean AP 0.987 / AP50 0.990; held-out seeds 5-14: AP 0.964 / AP50 0.987). Those rooms separate objects
 by colour more cleanly than real scans do, so real data may want a larger ``merge_normal_weight``.
 """
@@ -69,10 +69,10 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 from scipy.spatial import cKDTree
 
-from indexer.proposals.base import MaskSet
+from scenegrep.indexer.proposals.base import MaskSet
 
 if TYPE_CHECKING:
-    from indexer.scans import Scan
+    from scenegrep.indexer.scans import Scan
 
 log = logging.getLogger(__name__)
 

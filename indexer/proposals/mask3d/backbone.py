@@ -2,7 +2,7 @@
 
 The module tree and parameter names mirror Mask3D's ``backbone.*`` keys, so a checkpoint maps onto it
 name for name; only the spconv kernels differ in layout (see :mod:`.convert`). The numbers (blocks per
-stage, planes, first-conv kernel) come from :class:`~indexer.proposals.mask3d.arch.BackboneArch`, so the
+stage, planes, first-conv kernel) come from :class:`~scenegrep.indexer.proposals.mask3d.arch.BackboneArch`, so the
 full Res16UNet34C and the tiny parity variant are one code path.
 
 Coordinates: spconv indexes a non-negative grid, so voxel coordinates are shifted by a multiple of 16 (the
@@ -20,7 +20,7 @@ import spconv.pytorch as spconv
 import torch
 from torch import nn
 
-from indexer.proposals.mask3d.arch import BackboneArch
+from scenegrep.indexer.proposals.mask3d.arch import BackboneArch
 
 
 def _mute_fx_tracing_notice() -> None:

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from indexer.weights import WeightsFileError, check_torch_file, sha256_file
+from scenegrep.indexer.weights import WeightsFileError, check_torch_file, sha256_file
 
 log = logging.getLogger(__name__)
 

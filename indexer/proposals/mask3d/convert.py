@@ -20,7 +20,7 @@ import torch
 from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
-from indexer.proposals.mask3d.arch import ArchError
+from scenegrep.indexer.proposals.mask3d.arch import ArchError
 
 #: Checkpoint key prefixes that are not part of the network.
 IGNORED_PREFIXES = ("criterion.",)

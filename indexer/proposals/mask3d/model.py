@@ -24,9 +24,9 @@ import spconv.pytorch as spconv
 import torch
 from torch import nn
 
-from indexer.proposals.mask3d.arch import Mask3DArch
-from indexer.proposals.mask3d.backbone import Pointwise, Pyramid, Res16UNet
-from indexer.proposals.mask3d.decoder import (
+from scenegrep.indexer.proposals.mask3d.arch import Mask3DArch
+from scenegrep.indexer.proposals.mask3d.backbone import Pointwise, Pyramid, Res16UNet
+from scenegrep.indexer.proposals.mask3d.decoder import (
     CrossAttentionLayer,
     FFNLayer,
     FourierPositionalEncoding,
@@ -182,7 +182,7 @@ class Mask3D(nn.Module):
         key_pos = [self.pos_enc(c, c.min(dim=0).values, c.max(dim=0).values) for c in coords]
 
         if fps_idx is None:
-            from indexer.proposals.mask3d.fps import furthest_point_sample
+            from scenegrep.indexer.proposals.mask3d.fps import furthest_point_sample
 
             fps_idx = furthest_point_sample(voxel_coords.float(), arch.num_queries)
         lo, hi = raw_coords.min(dim=0).values, raw_coords.max(dim=0).values

@@ -46,7 +46,7 @@ import torch
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from indexer.proposals.base import MaskSet
+from scenegrep.indexer.proposals.base import MaskSet
 
 log = logging.getLogger(__name__)
 

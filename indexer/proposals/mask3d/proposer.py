@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from indexer.proposals.base import MaskSet
+from scenegrep.indexer.proposals.base import MaskSet
 
 if TYPE_CHECKING:
-    from indexer.scans import Scan
+    from scenegrep.indexer.scans import Scan
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Mask3DOptions:
     num_queries: int | None = None
 
     def __post_init__(self) -> None:
-        from indexer.proposals.mask3d.voxelize import COLOR_MODES
+        from scenegrep.indexer.proposals.mask3d.voxelize import COLOR_MODES
 
         self.checkpoint = Path(self.checkpoint)
         if self.postprocess not in POSTPROCESS_MODES:
@@ -76,16 +76,16 @@ class Mask3DProposer:
     def __init__(self, options: Mask3DOptions):
         import torch
 
-        from indexer.proposals.mask3d.arch import ArchError, infer_arch
-        from indexer.proposals.mask3d.checkpoint import (
+        from scenegrep.indexer.proposals.mask3d.arch import ArchError, infer_arch
+        from scenegrep.indexer.proposals.mask3d.checkpoint import (
             Mask3DCheckpointError,
             read_checkpoint,
         )
-        from indexer.proposals.mask3d.convert import (
+        from scenegrep.indexer.proposals.mask3d.convert import (
             load_mask3d_state,
             strip_model_prefix,
         )
-        from indexer.proposals.mask3d.model import Mask3D
+        from scenegrep.indexer.proposals.mask3d.model import Mask3D
 
         self.options = options
         ck = read_checkpoint(options.checkpoint)
@@ -116,8 +116,8 @@ class Mask3DProposer:
         (voxels, queries, masks)."""
         import torch
 
-        from indexer.proposals.mask3d.postprocess import PostprocessConfig, postprocess
-        from indexer.proposals.mask3d.voxelize import voxelize
+        from scenegrep.indexer.proposals.mask3d.postprocess import PostprocessConfig, postprocess
+        from scenegrep.indexer.proposals.mask3d.voxelize import voxelize
 
         o, stats = self.options, {}
         t0 = time.perf_counter()

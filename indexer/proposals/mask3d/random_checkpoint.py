@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from indexer.proposals.mask3d.arch import Mask3DArch, arch_hparams
-from indexer.proposals.mask3d.convert import export_mask3d_state
+from scenegrep.indexer.proposals.mask3d.arch import Mask3DArch, arch_hparams
+from scenegrep.indexer.proposals.mask3d.convert import export_mask3d_state
 
 
 def random_mask3d_state(arch: Mask3DArch, seed: int = 0) -> dict[str, torch.Tensor]:
     """A seeded random ``state_dict`` (with ``model.`` prefixes) for ``arch``."""
-    from indexer.proposals.mask3d.model import Mask3D
+    from scenegrep.indexer.proposals.mask3d.model import Mask3D
 
     torch.manual_seed(seed)
     model = Mask3D(arch)

@@ -15,15 +15,15 @@ from typing import Any, Sequence
 import click
 import numpy as np
 
-from indexer.features.encoders import EncoderWeightsError, load_encoder
-from indexer.features.presets import PRESETS, SAM_MODELS, Preset, get_preset, sam_model_for
-from indexer.proposals import proposer_names
-from indexer.proposals.base import MaskFileError
-from indexer.proposals.mask3d.proposer import MASK3D_TOPK, POSTPROCESS_MODES
-from indexer.proposals.mask3d.voxelize import COLOR_MODES
-from indexer.scans import ScanError
-from indexer.weights import WeightsFileError
-from storage.errors import StoreError
+from scenegrep.indexer.features.encoders import EncoderWeightsError, load_encoder
+from scenegrep.indexer.features.presets import PRESETS, SAM_MODELS, Preset, get_preset, sam_model_for
+from scenegrep.indexer.proposals import proposer_names
+from scenegrep.indexer.proposals.base import MaskFileError
+from scenegrep.indexer.proposals.mask3d.proposer import MASK3D_TOPK, POSTPROCESS_MODES
+from scenegrep.indexer.proposals.mask3d.voxelize import COLOR_MODES
+from scenegrep.indexer.scans import ScanError
+from scenegrep.indexer.weights import WeightsFileError
+from scenegrep.storage.errors import StoreError
 
 log = logging.getLogger("scenegrep")
 
@@ -65,7 +65,7 @@ def _home(ctx: click.Context) -> Path:
 
 def _open_store(ctx: click.Context, read_only: bool = False):
     """Writers take the home's lock; readers (search, show, scans, ...) never wait for a running index."""
-    from storage import Store
+    from scenegrep.storage import Store
 
     return Store.open(_home(ctx), read_only=read_only)
 
@@ -310,7 +310,7 @@ def index(ctx, paths, proposer, masks, checkpoint, mask3d_postprocess, mask3d_to
           sam_points, seed, precision, clip_model, clip_pretrained, allow_random_weights, device, force, as_json,
           quiet):
     """Index scan folders (ScanNet or 7-Scenes layout) into the home."""
-    from indexer.pipeline import IndexOptions, build_refiner, index_paths
+    from scenegrep.indexer.pipeline import IndexOptions, build_refiner, index_paths
 
     settings = _resolve_preset(ctx)
     proposer_options = _proposer_settings(ctx, proposer, checkpoint, device)
@@ -354,7 +354,7 @@ def index(ctx, paths, proposer, masks, checkpoint, mask3d_postprocess, mask3d_to
 @click.pass_context
 def search(ctx, text, k, scans, templates, device, as_json):
     """Rank object instances across all indexed scans by similarity to TEXT."""
-    from search.engine import SearchEngine
+    from scenegrep.search.engine import SearchEngine
 
     with _open_store(ctx, read_only=True) as store:
         engine = SearchEngine(store, device=device)
@@ -392,7 +392,7 @@ def _print_hits(query: str, hits: Sequence) -> None:
 @click.pass_context
 def show(ctx, instance_id, as_json, with_vector):
     """Details of one instance."""
-    from search.engine import SearchEngine
+    from scenegrep.search.engine import SearchEngine
 
     with _open_store(ctx, read_only=True) as store:
         info = store.instance(instance_id)
@@ -420,7 +420,7 @@ def show(ctx, instance_id, as_json, with_vector):
 @click.pass_context
 def export(ctx, instance_id, out):
     """Write an instance's points to OUT (.ply, or .npz with indices/xyz/rgb)."""
-    from search.engine import SearchEngine
+    from scenegrep.search.engine import SearchEngine
 
     with _open_store(ctx, read_only=True) as store:
         pts = SearchEngine(store).points(instance_id)
@@ -488,7 +488,7 @@ def stats(ctx, as_json):
 
 def _mask_options(ctx: click.Context):
     """The proposer settings of ``propose`` / ``eval-masks``, checked before any scan is read."""
-    from indexer.pipeline import IndexOptions
+    from scenegrep.indexer.pipeline import IndexOptions
 
     p = ctx.params
     return IndexOptions(proposer=p["proposer"], masks=p["masks"],
@@ -496,7 +496,7 @@ def _mask_options(ctx: click.Context):
 
 
 def _propose(scan, options):
-    from indexer.pipeline import proposer_for
+    from scenegrep.indexer.pipeline import proposer_for
 
     return proposer_for(scan, options).propose(scan)
 
@@ -510,7 +510,7 @@ def _propose(scan, options):
 @click.pass_context
 def propose(ctx, scan_dir, out, proposer, masks, checkpoint, mask3d_postprocess, mask3d_topk, mask3d_colors, device):
     """Write class-agnostic mask proposals for one scan without indexing."""
-    from indexer.scans import read_scan
+    from scenegrep.indexer.scans import read_scan
 
     options = _mask_options(ctx)
     scan = read_scan(scan_dir)
@@ -528,8 +528,8 @@ def propose(ctx, scan_dir, out, proposer, masks, checkpoint, mask3d_postprocess,
 def eval_masks(ctx, scan_dir, proposer, masks, checkpoint, mask3d_postprocess, mask3d_topk, mask3d_colors, device,
                as_json):
     """Class-agnostic AP of a proposer against the scan's gt_instances.npy (ScanNet protocol)."""
-    from indexer.evaluate import evaluate_masks, load_gt
-    from indexer.scans import read_scan
+    from scenegrep.indexer.evaluate import evaluate_masks, load_gt
+    from scenegrep.indexer.scans import read_scan
 
     options = _mask_options(ctx)
     scan = read_scan(scan_dir)
@@ -553,7 +553,7 @@ def eval_masks(ctx, scan_dir, proposer, masks, checkpoint, mask3d_postprocess, m
 @click.option("--preset", type=click.Choice(["small", "scannet"]), default="small", show_default=True)
 def synth(out_dir, n, seed, preset):
     """Write N seeded synthetic rooms (ScanNet layout, with ground truth) to OUT_DIR/<name>/."""
-    from indexer.synthetic import generate_scans
+    from scenegrep.indexer.synthetic import generate_scans
 
     paths = generate_scans(out_dir, n, seed=seed, preset=preset)
     for p in paths:
@@ -567,9 +567,9 @@ def synth(out_dir, n, seed, preset):
 @click.pass_context
 def demo(ctx, out, clip_model, clip_pretrained, allow_random_weights, device):
     """Make three synthetic scans, index them, run three queries and export the top hit."""
-    from indexer.pipeline import IndexOptions, index_paths
-    from indexer.synthetic import generate_scans
-    from search.engine import SearchEngine
+    from scenegrep.indexer.pipeline import IndexOptions, index_paths
+    from scenegrep.indexer.synthetic import generate_scans
+    from scenegrep.search.engine import SearchEngine
 
     click.echo(f"1/4 writing 3 synthetic scans to {out}/scans")
     paths = generate_scans(out / "scans", 3, seed=0, preset="small")

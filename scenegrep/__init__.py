@@ -1,0 +1,1 @@
+"""scenegrep: semantic search across 3D scans."""
