@@ -36,7 +36,7 @@ from scenegrep.indexer.features.crops import ProjectedPointsRefiner  # noqa: E40
 from scenegrep.indexer.features.encoders import load_encoder  # noqa: E402
 from scenegrep.indexer.features.extractor import extract_features  # noqa: E402
 from scenegrep.indexer.features.presets import PRESETS, SAM_MODELS, get_preset, sam_model_for  # noqa: E402
-from scenegrep.indexer.features.tinyclip import write_local_dir_model  # noqa: E402
+from scenegrep.testing import write_local_dir_model  # noqa: E402
 from scenegrep.indexer.pipeline import IndexOptions, build_entries, build_refiner, encoder_identity, job_info  # noqa: E402
 from scenegrep.indexer.proposals import make_proposer  # noqa: E402
 from scenegrep.indexer.scans import read_scan  # noqa: E402
@@ -82,7 +82,7 @@ def _sam_refiner(args: argparse.Namespace, settings, tmp: Path, res: dict):
     if args.sam_random:
         if args.sam_model is None:
             raise SystemExit("--sam-random needs --sam-model")
-        from scenegrep.indexer.features.sam import write_random_sam_checkpoint
+        from scenegrep.testing import write_random_sam_checkpoint
 
         checkpoint = write_random_sam_checkpoint(tmp / f"sam_{args.sam_model}_random.pth", args.sam_model)
     if checkpoint is None:

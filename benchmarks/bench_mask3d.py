@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from scenegrep.indexer.proposals.mask3d.arch import scannet200_arch  # noqa: E402
 from scenegrep.indexer.proposals.mask3d.proposer import Mask3DOptions, Mask3DProposer  # noqa: E402
-from scenegrep.indexer.proposals.mask3d.random_checkpoint import write_random_checkpoint  # noqa: E402
+from scenegrep.testing import write_random_mask3d_checkpoint  # noqa: E402
 from scenegrep.indexer.scans import read_scan  # noqa: E402
 from scenegrep.indexer.synthetic import generate_scan  # noqa: E402
 from memory import reset_peak, status_kb  # noqa: E402  (benchmarks/memory.py)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     if ckpt is None:
         ckpt = args.data / "mask3d-random-scannet200.ckpt"
         if not ckpt.is_file():
-            write_random_checkpoint(ckpt, scannet200_arch(), seed=0)
+            write_random_mask3d_checkpoint(ckpt, scannet200_arch(), seed=0)
 
     t0 = time.perf_counter()
     proposer = Mask3DProposer(Mask3DOptions(checkpoint=ckpt, device=args.device, postprocess=args.postprocess))

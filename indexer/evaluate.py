@@ -19,6 +19,15 @@ OpenMask3D) is replicated with all ground-truth instances treated as one class:
   area is ``precision . np.convolve(recall_padded, [-0.5, 0, 0.5], 'valid')``.
 * No valid gt instance -> AP is NaN; gt but no predictions -> 0.
 
+With ``per_instance=True`` the result also lists, for every ground-truth instance (small ones too, marked
+``ignored``), its best IoU with any evaluated prediction, so a failure can be looked at
+(``instances: [{"gt", "points", "best_iou", "ignored"}]``).
+
+Ground truth comes from ``gt_instances.npy`` (one id per point, :func:`load_gt`) or, when a scan has none,
+from its 2D label maps (``frame-*.label.png`` in the 7-Scenes layout, ``instance-filt/<id>.png`` in the
+ScanNet layout): each label lifted to the points by projection, depth test and a majority vote over the
+frames (:func:`scenegrep.indexer.labelmaps.lift_label_maps`; :func:`load_ground_truth` picks the source).
+
 Overlaps are computed with one sparse product of the (masks x points) CSR matrix and a (points x gt) one-hot
 matrix, so nothing dense over points x masks is ever built.
 """
@@ -28,12 +37,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import scipy.sparse as sp
 
+from scenegrep.errors import InputFileError
 from scenegrep.indexer.proposals.base import MaskSet, Proposer
+
+if TYPE_CHECKING:
+    from scenegrep.indexer.scans import Scan
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +72,10 @@ class MaskAP:
         num_pred: predicted masks evaluated (>= 100 points).
         num_pred_ignored: predicted masks under 100 points (discarded).
         num_scans: scans pooled into these numbers.
+        instances: with ``per_instance``: per gt instance ``{"gt": id, "points": n, "best_iou": IoU,
+            "ignored": under min_region_size}`` in ascending id order; None otherwise.
+        gt_source: where the ground truth came from (``"gt_instances.npy"`` or ``"label maps (K frames)"``),
+            when known.
     """
 
     ap: float
@@ -70,12 +87,19 @@ class MaskAP:
     num_pred: int = 0
     num_pred_ignored: int = 0
     num_scans: int = 1
+    instances: list[dict] | None = None
+    gt_source: str | None = None
 
     def as_dict(self) -> dict:
-        return {"ap": self.ap, "ap50": self.ap50, "ap25": self.ap25,
-                "per_threshold": {f"{k:.2f}": v for k, v in self.per_threshold.items()},
-                "num_gt": self.num_gt, "num_gt_ignored": self.num_gt_ignored, "num_pred": self.num_pred,
-                "num_pred_ignored": self.num_pred_ignored, "num_scans": self.num_scans}
+        out = {"ap": self.ap, "ap50": self.ap50, "ap25": self.ap25,
+               "per_threshold": {f"{k:.2f}": v for k, v in self.per_threshold.items()},
+               "num_gt": self.num_gt, "num_gt_ignored": self.num_gt_ignored, "num_pred": self.num_pred,
+               "num_pred_ignored": self.num_pred_ignored, "num_scans": self.num_scans}
+        if self.gt_source is not None:
+            out["gt_source"] = self.gt_source
+        if self.instances is not None:
+            out["instances"] = self.instances
+        return out
 
 
 @dataclass
@@ -100,6 +124,12 @@ class _ScanMatches:
 
 
 def _assign(pred: MaskSet, gt_instances: np.ndarray, min_region_size: int) -> tuple[_ScanMatches, int]:
+    m, n_small, _ = _assign_ids(pred, gt_instances, min_region_size)
+    return m, n_small
+
+
+def _assign_ids(pred: MaskSet, gt_instances: np.ndarray,
+                min_region_size: int) -> tuple[_ScanMatches, int, np.ndarray]:
     gt = np.asarray(gt_instances).reshape(-1)
     if gt.size != pred.num_points:
         raise ValueError(f"ground truth has {gt.size} points, masks refer to {pred.num_points}")
@@ -116,7 +146,7 @@ def _assign(pred: MaskSet, gt_instances: np.ndarray, min_region_size: int) -> tu
     prod = np.asarray((pred.to_csr() @ onehot).toarray(), dtype=np.int64)  # (P, G + 1)
     gt_size = np.bincount(col.reshape(-1), minlength=n_gt).astype(np.int64)
     return _ScanMatches(prod[:, :n_gt], pred.sizes.astype(np.int64), gt_size, prod[:, n_gt],
-                        pred.scores.astype(np.float64), gt_size >= min_region_size), n_small_pred
+                        pred.scores.astype(np.float64), gt_size >= min_region_size), n_small_pred, gt_ids
 
 
 def _collect(m: _ScanMatches, th: float, y_true: list, y_score: list) -> int:
@@ -216,26 +246,74 @@ def evaluate_many(pairs: Iterable[tuple[MaskSet, np.ndarray]],
     )
 
 
-def evaluate_masks(pred: MaskSet, gt_instances: np.ndarray, min_region_size: int = MIN_REGION_SIZE) -> MaskAP:
-    """Class-agnostic AP of ``pred`` against per-point gt instance ids (int, 0 = unannotated)."""
-    return evaluate_many([(pred, gt_instances)], min_region_size)
+def instance_ious(pred: MaskSet, gt_instances: np.ndarray, min_region_size: int = MIN_REGION_SIZE) -> list[dict]:
+    """Per gt instance (ascending id): ``{"gt", "points", "best_iou", "ignored"}``, the best IoU over the
+    predictions the evaluation keeps (>= ``min_region_size`` points); ``ignored`` marks gt instances under
+    ``min_region_size`` (not evaluated by AP)."""
+    m, _, gt_ids = _assign_ids(pred, gt_instances, min_region_size)
+    union = m.pred_size[:, None] + m.gt_size[None, :] - m.inter
+    iou = np.where(m.inter > 0, m.inter / np.maximum(union, 1), 0.0)
+    best = iou.max(axis=0) if iou.shape[0] else np.zeros(gt_ids.size)
+    return [{"gt": int(g), "points": int(n), "best_iou": float(b), "ignored": bool(not v)}
+            for g, n, b, v in zip(gt_ids.tolist(), m.gt_size.tolist(), best.tolist(), m.gt_valid.tolist())]
+
+
+def evaluate_masks(pred: MaskSet, gt_instances: np.ndarray, min_region_size: int = MIN_REGION_SIZE, *,
+                   per_instance: bool = False) -> MaskAP:
+    """Class-agnostic AP of ``pred`` against per-point gt instance ids (int, 0 = unannotated); with
+    ``per_instance`` also each gt instance's best IoU (:func:`instance_ious`)."""
+    res = evaluate_many([(pred, gt_instances)], min_region_size)
+    if per_instance:
+        res.instances = instance_ious(pred, gt_instances, min_region_size)
+    return res
+
+
+class GroundTruthError(InputFileError):
+    """Ground truth that cannot be used (missing, unreadable, or not one id per point)."""
 
 
 def load_gt(scan_dir: Path | str, num_points: int | None = None) -> np.ndarray:
     """``<scan_dir>/gt_instances.npy`` (int per point, 0 = none), checked against ``num_points`` if given."""
     path = Path(scan_dir) / "gt_instances.npy"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no ground truth (gt_instances.npy) in this scan folder")
-    gt = np.load(path, allow_pickle=False)
+        raise GroundTruthError(path, "no ground truth (gt_instances.npy) in this scan folder")
+    try:
+        gt = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise GroundTruthError(path, f"not a readable .npy array ({e})") from None
+    if gt.dtype.kind not in "iu" or gt.ndim != 1:
+        raise GroundTruthError(path, f"expected one integer instance id per point, got {gt.dtype} {gt.shape}")
     if num_points is not None and gt.shape != (num_points,):
-        raise ValueError(f"{path}: {gt.size} labels for {num_points} points")
+        raise GroundTruthError(path, f"{gt.size} labels for {num_points} points")
     return gt
 
 
-def evaluate_scan_dir(scan_dir: Path | str, proposer: Proposer) -> MaskAP:
-    """Read the scan, run ``proposer`` on it and evaluate against its ``gt_instances.npy``."""
+def load_ground_truth(scan: "Scan", *, depth_threshold: float = 0.05) -> tuple[np.ndarray, str]:
+    """(per-point gt ids, where they came from) for a scan read from ``scan.root``: its
+    ``gt_instances.npy`` when present (:func:`load_gt`, checked against the point count), else its label
+    maps lifted to the points (:func:`scenegrep.indexer.labelmaps.lift_label_maps`, ``depth_threshold`` in
+    metres).
+
+    Raises:
+        GroundTruthError: ``gt_instances.npy`` is unreadable or has the wrong number of labels.
+        scenegrep.indexer.labelmaps.LabelMapError: neither file kind is there, or a label map is unreadable.
+    """
+    from scenegrep.indexer.labelmaps import frames_with_label_maps, lift_label_maps
+
+    if (Path(scan.root) / "gt_instances.npy").is_file():
+        return load_gt(scan.root, scan.num_points), "gt_instances.npy"
+    positions = frames_with_label_maps(scan)
+    gt = lift_label_maps(scan, depth_threshold=depth_threshold, frame_positions=positions or None)
+    return gt, f"label maps ({len(positions)} frames)"
+
+
+def evaluate_scan_dir(scan_dir: Path | str, proposer: Proposer, *, per_instance: bool = False) -> MaskAP:
+    """Read the scan, run ``proposer`` on it and evaluate against its ground truth
+    (:func:`load_ground_truth`: ``gt_instances.npy``, else its label maps)."""
     from scenegrep.indexer.scans import read_scan
 
     scan = read_scan(Path(scan_dir))
-    gt = load_gt(scan_dir, scan.num_points)
-    return evaluate_masks(proposer.propose(scan), gt)
+    gt, source = load_ground_truth(scan)
+    res = evaluate_masks(proposer.propose(scan), gt, per_instance=per_instance)
+    res.gt_source = source
+    return res

@@ -12,17 +12,21 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from scenegrep.choices import DEFAULT_VOXEL_SIZE
 from scenegrep.indexer.features.crops import MaskRefiner, ProjectedPointsRefiner
 from scenegrep.indexer.features.encoders import ClipEncoder, EncoderSpec
 from scenegrep.indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
 from scenegrep.indexer.proposals import make_proposer
 from scenegrep.indexer.proposals.base import MaskFileError, MaskSet, Proposer
-from scenegrep.indexer.scans import Scan, ScanError, read_scan
-from scenegrep.storage import EncoderIdentity, InstanceEntry, ScanEntry, Store
+from scenegrep.indexer.scans import Scan, ScanError, detect_layout, read_scan
+from scenegrep.storage.records import EncoderIdentity, InstanceEntry, ScanEntry
+
+if TYPE_CHECKING:
+    from scenegrep.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ class IndexOptions:
         seed: the seed of the refiner's sampling (recorded; the refiner was built with it).
         force: re-index scans whose content hash is unchanged (replacing them).
         batch_size: scans committed together as one vector-index generation.
+        voxel_size: metres; voxel of the cloud back-projected from 7-Scenes style frames (part of the
+            scan's content hash, recorded in the catalog).
     """
 
     proposer: str = "geometric"
@@ -61,6 +67,7 @@ class IndexOptions:
     seed: int = 0
     force: bool = False
     batch_size: int = 8
+    voxel_size: float = DEFAULT_VOXEL_SIZE
 
 
 @dataclass
@@ -160,6 +167,7 @@ def job_info(options: IndexOptions, encoder: Any, proposer: Any | None = None) -
         "precision": getattr(encoder, "precision", "fp32"),
         "device": str(getattr(encoder, "device", "cpu")),
         "seed": int(options.seed),
+        "voxel_size": float(options.voxel_size),
     }
     if proposer is not None:
         info["proposer_identity"] = component_identity(proposer)
@@ -206,19 +214,47 @@ def build_entries(scan: Scan, masks: MaskSet, feats: InstanceFeatures, proposer:
             "sam_image_encodings": int(feats.stats.get("sam_image_encodings", 0)),
             "sam_fallbacks": int(feats.stats.get("sam_fallbacks", 0)),
             "encoder": encoder.model,
+            # which proposer made each mask (a union's members), in mask order
+            **({"mask_sources": [str(s) for s in masks.sources]} if getattr(masks, "sources", None) is not None
+               else {}),
         },
     )
     return entry, instances
 
 
+def scan_folders(paths: Sequence[Path | str]) -> list[Path]:
+    """The scan folders that ``paths`` name: a folder that is a scan is one scan; a folder that is not
+    (a collection) stands for every scan folder directly inside it, in name order. Anything else is kept
+    as given, so reading it reports what is wrong with it."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir() and not _is_scan(path):
+            children = sorted((c for c in path.iterdir() if c.is_dir() and _is_scan(c)), key=lambda c: c.name)
+            if children:
+                out.extend(children)
+                continue
+        out.append(path)
+    return out
+
+
+def _is_scan(folder: Path) -> bool:
+    try:
+        detect_layout(folder)
+    except ScanError:
+        return False
+    return True
+
+
 def index_paths(
     paths: Sequence[Path | str],
-    store: Store,
+    store: "Store",
     encoder: ClipEncoder,
     options: IndexOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> list[ScanOutcome]:
-    """Index every scan folder in ``paths`` into ``store``; return one outcome per path.
+    """Index every scan folder in ``paths`` into ``store``; return one outcome per scan folder (a folder
+    of scan folders stands for each of them, see :func:`scan_folders`).
 
     The encoder is checked against the catalog and the proposer is built (a model proposer loads its
     checkpoint once for the whole job) before any scan is read, so an
@@ -258,14 +294,13 @@ def index_paths(
                 report(outcome.name or "", "store", 1, 1)
         pending.clear()
 
-    for raw in paths:
-        path = Path(raw)
+    for path in scan_folders(paths):
         outcome = ScanOutcome(path=path)
         outcomes.append(outcome)
         try:
             t0 = time.perf_counter()
             report(path.name, "read", 0, 1)
-            scan = read_scan(path)
+            scan = read_scan(path, voxel_size=options.voxel_size)
             outcome.name = scan.name
             outcome.seconds["read"] = time.perf_counter() - t0
             report(scan.name, "read", 1, 1)
@@ -273,7 +308,8 @@ def index_paths(
                 raise ScanError(path, f"scan name {scan.name!r} given twice in one run")
             seen.add(scan.name)
             existing = store.find_scan(scan.name)
-            if existing is not None and existing.content_hash == scan.content_hash and not options.force:
+            # the store also says 'changed' when the scan's stored point file is damaged: re-indexing repairs it
+            if existing is not None and store.is_unchanged(scan.name, scan.content_hash) and not options.force:
                 outcome.status = "unchanged"
                 outcome.instances, outcome.searchable = existing.instances, existing.searchable
                 outcome.note = "unchanged since last index (use --force to re-index)"

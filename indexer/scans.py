@@ -26,15 +26,19 @@ Both take an optional ``scan.json``: ``{"name": str, "tags": [str], "depth_scale
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import math
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scenegrep.errors import InputFileError
+from scenegrep.errors import InputFileError, one_line
+from scenegrep.indexer.voxels import KEY_OFFSET, group_sums, pack_coords, voxel_coords
 
 log = logging.getLogger(__name__)
 
@@ -97,26 +101,14 @@ class Frame:
 
     def load_color(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB."""
-        from PIL import Image
-
-        try:
-            with Image.open(self.color_path) as im:
-                return np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise FrameError(self.color_path, f"unreadable colour image ({e})") from e
+        return decode_image(self.color_path, "colour")
 
     def load_depth(self) -> np.ndarray:
         """(H, W) float32 depth in metres; 0 where the sensor gave no reading (0 or 65535)."""
-        from PIL import Image
-
-        try:
-            with Image.open(self.depth_path) as im:
-                raw = np.asarray(im)
-        except (OSError, ValueError) as e:
-            raise FrameError(self.depth_path, f"unreadable depth image ({e})") from e
+        raw = decode_image(self.depth_path, "depth")
         if raw.ndim != 2:
             raise FrameError(self.depth_path, f"depth image must be single-channel, got shape {raw.shape}")
-        raw = raw.astype(np.uint16, copy=False)
+        raw = raw.astype(np.uint16, copy=False)  # 16-bit PNG values: exact
         depth = raw.astype(np.float32) / np.float32(self.depth_scale)
         depth[(raw == 0) | (raw == 65535)] = 0.0
         return depth
@@ -173,16 +165,26 @@ DEFAULT_DEPTH_SCALE = 1000.0
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _INT_STEM = re.compile(r"^\d+$", re.ASCII)
 _SEVEN_FILE = re.compile(r"^frame-(\d+)\.(color|depth|pose)\.(png|jpg|jpeg|txt)$", re.ASCII | re.IGNORECASE)
-_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I", "L"}
+# 16-bit greyscale PNG as Pillow opens it ("I" in Pillow < 10). 8-bit ("L") is refused: read as millimetres
+# it would put every reading within 25 cm of the camera.
+_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I"}
+# Modes Image.convert("RGB") maps to colour faithfully; 16/32-bit and float modes are not colour images.
+_COLOR_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "La", "P", "PA", "1", "CMYK", "YCbCr"}
+# A decoded image is at most this many times its file (deflate's limit is 1032:1, JPEG's far lower), so a
+# header claiming more pixels than that is damaged and is refused before decoding.
+_MAX_IMAGE_EXPANSION = 1100
+_IMAGE_SLACK = 1 << 16
+# Text files far larger than a matrix needs are refused before parsing (a 4x4 pose is ~300 bytes).
+_MATRIX_FILE_MAX = 1 << 16
+_SCAN_JSON_MAX = 1 << 20
+# A PLY header is a few hundred bytes; the header is looked for in this many.
+_PLY_HEADER_MAX = 1 << 16
 _HASH_CHUNK = 1 << 20
 # Tolerances for "this is a rigid camera pose". Real poses (ScanNet, tsdf-fusion) are orthonormal to ~1e-6;
 # these only reject matrices that are clearly not poses (zeros, scales, garbage).
 _POSE_DET_TOL = 1e-2
 _POSE_ORTHO_TOL = 2e-2
 _POSE_ROW_TOL = 1e-4
-# Voxel keys are packed as 3 x 21-bit signed ints: +-2^20 voxels per axis (+-20 km at 2 cm).
-_VOXEL_BITS = 21
-_VOXEL_OFF = 1 << (_VOXEL_BITS - 1)
 # Back-projected points are reduced once this many are buffered, so memory stays O(occupied voxels).
 _VOXEL_FLUSH = 4_000_000
 
@@ -213,22 +215,25 @@ def read_scan_meta(root: Path | str) -> ScanMeta:
     if not path.is_file():
         return ScanMeta()
     try:
+        if path.stat().st_size > _SCAN_JSON_MAX:
+            raise ScanMetaError(path, f"larger than {_SCAN_JSON_MAX} bytes: not scan metadata")
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScanMetaError(path, f"unreadable JSON ({e})") from e
+    # ValueError: JSONDecodeError, UnicodeDecodeError, integers beyond Python's digit limit;
+    # RecursionError: arrays nested thousands deep.
+    except (OSError, ValueError, RecursionError) as e:
+        raise ScanMetaError(path, f"unreadable JSON ({one_line(e)[:200]})") from e
     if not isinstance(data, dict):
         raise ScanMetaError(path, f"must hold a JSON object, got {type(data).__name__}")
 
     name = data.get("name")
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise ScanMetaError(path, f"'name' must be a non-empty string, got {name!r}")
+    if name is not None and (not isinstance(name, str) or not name.strip() or not name.isprintable()):
+        raise ScanMetaError(path, f"'name' must be a non-empty one-line string, got {name!r:.80}")
     tags = data.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise ScanMetaError(path, f"'tags' must be a list of strings, got {tags!r}")
+        raise ScanMetaError(path, f"'tags' must be a list of strings, got {tags!r:.80}")
     scale = data.get("depth_scale", DEFAULT_DEPTH_SCALE)
-    # bool is an int subclass: reject it explicitly.
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
-        raise ScanMetaError(path, f"'depth_scale' must be a positive number, got {scale!r}")
+    if not _positive_finite(scale):
+        raise ScanMetaError(path, f"'depth_scale' must be a positive number, got {scale!r:.80}")
     res = data.get("intrinsic_resolution")
     if res is not None:
         if (
@@ -236,7 +241,7 @@ def read_scan_meta(root: Path | str) -> ScanMeta:
             or len(res) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in res)
         ):
-            raise ScanMetaError(path, f"'intrinsic_resolution' must be [width, height] in pixels, got {res!r}")
+            raise ScanMetaError(path, f"'intrinsic_resolution' must be [width, height] in pixels, got {res!r:.80}")
         res = (int(res[0]), int(res[1]))
     return ScanMeta(
         name=name.strip() if name else None,
@@ -245,6 +250,28 @@ def read_scan_meta(root: Path | str) -> ScanMeta:
         intrinsic_resolution=res,
         path=path,
     )
+
+
+def _positive_finite(value: object) -> bool:
+    """A JSON number (not a bool, which is an int subclass) that is finite and > 0 as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except OverflowError:  # an integer beyond float's range
+        return False
+
+
+def _read_matrix(path: Path, what: str) -> np.ndarray:
+    """A whitespace-separated numeric text file as a 2-D float64 array; FrameError naming it otherwise."""
+    try:
+        if path.stat().st_size > _MATRIX_FILE_MAX:
+            raise FrameError(path, f"larger than {_MATRIX_FILE_MAX} bytes: not a {what} matrix")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": the shape check says so
+            return np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as e:  # ValueError: bad numbers, ragged rows, undecodable bytes
+        raise FrameError(path, f"unreadable {what} ({one_line(e)[:200]})") from e
 
 
 def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
@@ -266,10 +293,7 @@ def read_intrinsics(path: Path | str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FrameError(path, "intrinsics file missing")
-    try:
-        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except (OSError, ValueError) as e:
-        raise FrameError(path, f"unreadable intrinsics ({e})") from e
+    m = _read_matrix(path, "intrinsics")
     if m.shape not in ((3, 3), (4, 4), (3, 4)):
         raise FrameError(path, f"intrinsics must be 3x3 or 4x4, got {m.shape[0]}x{m.shape[1]}")
     K = m[:3, :3]
@@ -289,10 +313,7 @@ def read_pose(path: Path | str) -> np.ndarray | None:
     non-orthonormal rotation, bottom row not 0 0 0 1).
     """
     path = Path(path)
-    try:
-        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except (OSError, ValueError) as e:
-        raise FrameError(path, f"unreadable pose ({e})") from e
+    m = _read_matrix(path, "pose")
     if m.shape != (4, 4):
         raise FrameError(path, f"pose must be 4x4, got {m.shape[0]}x{m.shape[1]}")
     if not np.all(np.isfinite(m)):
@@ -309,56 +330,248 @@ def read_pose(path: Path | str) -> np.ndarray | None:
     return m
 
 
-def image_size(path: Path | str, what: str = "colour") -> tuple[int, int]:
-    """(width, height) from the image header (no full decode). ``what`` is 'colour' or 'depth'."""
+def _image_errors() -> tuple[type[BaseException], ...]:
+    """What Pillow raises for damaged images: OSError and ValueError, and its plugins' parse errors."""
+    import struct
+    import zlib
+
     from PIL import Image
 
-    path = Path(path)
+    return (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
+
+
+def _open_image(path: Path, what: str, in_memory: bool = False):
+    """Open ``path`` (header only) and check it can be a ``what`` ('colour' or 'depth') image: the format
+    and mode, and that the claimed size fits the file. The caller closes the returned image.
+
+    ``in_memory`` reads the file into memory first; decoding needs that, because Pillow skips a chunk by
+    ``read(claimed length)``, which on a real file allocates the claimed length (up to 2 GiB) up front.
+    """
+    from PIL import Image
+
     try:
-        with Image.open(path) as im:
-            size, mode = im.size, im.mode
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise FrameError(path, f"unreadable {what} image ({e})") from e
-    if what == "depth" and mode not in _DEPTH_MODES:
-        raise FrameError(path, f"depth image must be single-channel 16-bit, got mode {mode}")
-    return (int(size[0]), int(size[1]))
+        size = path.stat().st_size
+        im = Image.open(io.BytesIO(path.read_bytes()) if in_memory else path)
+    except _image_errors() as e:
+        raise FrameError(path, f"unreadable {what} image ({one_line(e)[:200]})") from e
+    try:
+        w, h = im.size
+        if w <= 0 or h <= 0:
+            raise FrameError(path, f"{what} image has no pixels ({w}x{h})")
+        if what == "depth":
+            if im.format != "PNG" or im.mode not in _DEPTH_MODES:
+                got = "8-bit" if im.mode in ("L", "P", "1") else f"mode {im.mode}"
+                raise FrameError(path, f"depth image must be a 16-bit single-channel PNG (uint16), got a "
+                                       f"{im.format or 'unknown'} image, {got}")
+            bits = 16
+        else:
+            if im.mode not in _COLOR_MODES:
+                raise FrameError(path, f"colour image must be RGB or convertible to it (grey, palette, RGBA), "
+                                       f"got mode {im.mode}")
+            bits = 1 if im.mode == "1" else 8 * len(im.getbands())
+        decoded = h * -(-w * bits // 8)
+        if decoded > _MAX_IMAGE_EXPANSION * size + _IMAGE_SLACK:
+            raise FrameError(path, f"{what} image header claims {w}x{h} pixels, more than a {size}-byte file "
+                                   "can hold (truncated or damaged)")
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
+def decode_image(path: Path | str, what: str = "colour") -> np.ndarray:
+    """The decoded image: colour as (H, W, 3) uint8 RGB, depth as stored ((H, W), 16-bit values).
+
+    Raises FrameError naming the file for anything unreadable or of the wrong kind (see :func:`image_size`).
+    """
+    path = Path(path)
+    with _open_image(path, what, in_memory=True) as im:
+        try:
+            im.load()
+            return np.asarray(im.convert("RGB") if what == "colour" else im)
+        except _image_errors() as e:
+            raise FrameError(path, f"unreadable {what} image ({one_line(e)[:200]})") from e
+
+
+def image_size(path: Path | str, what: str = "colour") -> tuple[int, int]:
+    """(width, height) from the image header (no full decode). ``what`` is 'colour' or 'depth'.
+
+    The header is checked too: depth must be a 16-bit single-channel PNG, colour an RGB image or one
+    Pillow converts to RGB (grey, palette, RGBA), and the claimed size must fit the file. So a scan with
+    bad images fails when it is read, before any proposer runs.
+    """
+    path = Path(path)
+    with _open_image(path, what) as im:
+        return (int(im.size[0]), int(im.size[1]))
+
+
+def _ply_header(path: Path):
+    """(plyfile header, byte offset of the body, file size) of a PLY file.
+
+    Only the first ``_PLY_HEADER_MAX`` bytes are searched for the header, so a file that never ends its
+    header is refused without reading it whole.
+    """
+    from plyfile import PlyData, PlyParseError
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(_PLY_HEADER_MAX)
+    except OSError as e:
+        raise PointCloudError(path, f"unreadable PLY ({e.strerror or e})") from e
+    if not head.startswith(b"ply"):
+        raise PointCloudError(path, "unreadable PLY: not a PLY file (it does not start with 'ply')")
+    if b"end_header" not in head:
+        raise PointCloudError(path, f"unreadable PLY header (no end_header in the first {len(head)} bytes)")
+    stream = io.BytesIO(head)
+    try:
+        # plyfile's own header parser (PlyData.read would go on to read every element, faces included).
+        header = PlyData._parse_header(stream)
+    except (PlyParseError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise PointCloudError(path, f"unreadable PLY header ({e})") from e
+    return header, stream.tell(), size
+
+
+def _ply_record_min_bytes(element, text: bool) -> int:
+    """The fewest bytes one record of ``element`` can take in the file (lists may be empty)."""
+    from plyfile import PlyListProperty
+
+    if text:  # every value is at least one character plus a separator (space or newline)
+        return 2 * len(element.properties)
+    return sum(np.dtype(p.len_dtype if isinstance(p, PlyListProperty) else p.val_dtype).itemsize
+               for p in element.properties)
+
+
+def _read_ply_vertices(path: Path) -> tuple[np.ndarray, dict[str, np.dtype]]:
+    """The vertex element's values as a (count, n_props) float64 (ascii) or structured (binary) array,
+    plus each property's declared dtype. Sizes are checked against the file before anything is allocated."""
+    from plyfile import PlyListProperty
+
+    header, offset, size = _ply_header(path)
+    elements = list(header.elements)
+    vi = next((i for i, e in enumerate(elements) if e.name == "vertex"), None)
+    if vi is None:
+        raise PointCloudError(path, "PLY has no vertex element")
+    vertex = elements[vi]
+    # Only the elements up to the vertices are read; their claimed sizes must fit in the file.
+    need = 0
+    for e in elements[: vi + 1]:
+        if e.count < 0:
+            raise PointCloudError(path, f"PLY element {e.name!r} has a negative count {e.count}")
+        rec = _ply_record_min_bytes(e, header.text)
+        if rec == 0 and e.count:
+            raise PointCloudError(path, f"PLY element {e.name!r} has {e.count} records but no properties")
+        need += e.count * rec
+    avail = size - offset
+    if need > avail + (1 if header.text else 0):  # the last ascii line may lack its newline
+        raise PointCloudError(
+            path, f"PLY header claims {vertex.count} vertices, which need at least {need} bytes, but only "
+                  f"{avail} bytes follow the header (truncated or damaged file)")
+    if vertex.count == 0:
+        raise PointCloudError(path, "PLY has no vertices")
+    if any(isinstance(p, PlyListProperty) for p in vertex.properties):
+        raise PointCloudError(path, "PLY vertices have list properties (not supported)")
+    declared = {p.name: np.dtype(p.val_dtype) for p in vertex.properties}
+    with open(path, "rb") as f:
+        f.seek(offset)
+        if header.text:
+            return _read_ply_ascii(path, f, elements[:vi], vertex), declared
+        return _read_ply_binary(path, f, elements[:vi], vertex, header.byte_order), declared
+
+
+def _read_ply_binary(path: Path, f, before: list, vertex, byte_order: str) -> np.ndarray:
+    from plyfile import PlyListProperty
+
+    skip = 0
+    for e in before:
+        if any(isinstance(p, PlyListProperty) for p in e.properties):
+            raise PointCloudError(path, f"PLY element {e.name!r} with list properties comes before the vertices "
+                                        "(not supported)")
+        skip += e.count * e.dtype(byte_order).itemsize
+    dtype = vertex.dtype(byte_order)
+    f.seek(skip, io.SEEK_CUR)
+    buf = f.read(vertex.count * dtype.itemsize)  # checked against the file size above
+    if len(buf) != vertex.count * dtype.itemsize:
+        raise PointCloudError(path, f"PLY body truncated: {vertex.count} vertices need "
+                                    f"{vertex.count * dtype.itemsize} bytes, {len(buf)} left")
+    return np.frombuffer(buf, dtype=dtype)
+
+
+def _read_ply_ascii(path: Path, f, before: list, vertex) -> np.ndarray:
+    n_props = len(vertex.properties)
+    # closing the wrapper closes ``f`` too; the caller's ``with`` then does nothing
+    with io.TextIOWrapper(f, encoding="ascii", newline=None) as text:
+        try:
+            for e in before:  # one line per record
+                for _ in range(e.count):
+                    if not text.readline():
+                        raise PointCloudError(path, f"PLY body ends inside element {e.name!r}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "input contained no data": the shape check says so
+                values = np.loadtxt(text, dtype=np.float64, comments=None, max_rows=vertex.count, ndmin=2)
+        except ValueError as e:  # malformed numbers, ragged rows, non-ascii bytes (UnicodeDecodeError)
+            raise PointCloudError(path, f"unreadable ascii PLY vertices ({one_line(e)[:200]})") from e
+    if values.shape != (vertex.count, n_props):
+        raise PointCloudError(path, f"ascii PLY body holds {values.shape[0]} vertices of {values.shape[1]} values, "
+                                    f"header says {vertex.count} of {n_props}")
+    return values
+
+
+def _ply_column(path: Path, values: np.ndarray, declared: dict[str, np.dtype], name: str) -> np.ndarray:
+    """One vertex property; ascii values of an integer property must be integers of its range."""
+    if values.dtype.names:
+        return values[name]
+    col = values[:, list(declared).index(name)]
+    dt = declared[name]
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        bad = ~np.isfinite(col) | (col != np.rint(col)) | (col < info.min) | (col > info.max)
+        if bad.any():
+            raise PointCloudError(path, f"PLY vertex property {name!r} is {dt.name} but holds "
+                                        f"{float(col[bad][0]):g}")
+    return col
+
+
+def _ply_colors(path: Path, raw: np.ndarray, declared: np.dtype) -> np.ndarray:
+    """(N, 3) colours of the declared type -> uint8."""
+    if declared.kind == "f":
+        raw = raw.astype(np.float64)
+        if not np.all(np.isfinite(raw)):
+            raise PointCloudError(path, "PLY vertex colours hold inf or NaN")
+        # Float colours are 0..1 by convention (Open3D); anything larger is taken as 0..255.
+        scale = 255.0 if float(raw.max()) <= 1.0 else 1.0
+        return np.clip(np.rint(raw * scale), 0, 255).astype(np.uint8)
+    raw = raw.astype(np.int64)
+    if declared.itemsize > 1 and int(raw.max()) > 255:
+        return (np.clip(raw, 0, 65535) // 257).astype(np.uint8)  # 16-bit colours
+    return np.clip(raw, 0, 255).astype(np.uint8)
 
 
 def read_ply_points(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices of a PLY (point cloud or mesh): (N, 3) float32 xyz and (N, 3) uint8 RGB."""
-    from plyfile import PlyData, PlyParseError
+    """Vertices of a PLY (point cloud or mesh): (N, 3) float32 xyz and (N, 3) uint8 RGB.
 
+    Only the header and the vertex element are read (a mesh's faces are skipped). The header's counts are
+    checked against the file's size before anything is allocated, so a damaged header is a
+    :class:`PointCloudError` naming the file, never a huge allocation.
+    """
     path = Path(path)
-    try:
-        ply = PlyData.read(str(path), mmap=False)
-    except (OSError, ValueError, EOFError, PlyParseError) as e:
-        raise PointCloudError(path, f"unreadable PLY ({e})") from e
-    if "vertex" not in ply:
-        raise PointCloudError(path, "PLY has no vertex element")
-    data = ply["vertex"].data
-    if len(data) == 0:
-        raise PointCloudError(path, "PLY has no vertices")
-    names = set(data.dtype.names or ())
-    if not {"x", "y", "z"} <= names:
+    values, declared = _read_ply_vertices(path)
+    if not {"x", "y", "z"} <= set(declared):
         raise PointCloudError(path, "PLY vertices lack x, y, z properties")
-    rgb_names = next((c for c in (("red", "green", "blue"), ("r", "g", "b")) if set(c) <= names), None)
+    rgb_names = next((c for c in (("red", "green", "blue"), ("r", "g", "b")) if set(c) <= set(declared)), None)
     if rgb_names is None:
         raise PointCloudError(path, "PLY vertices have no colour properties (red, green, blue)")
 
-    points = np.stack([data[c] for c in ("x", "y", "z")], axis=1).astype(np.float32)
+    points = np.stack([_ply_column(path, values, declared, c) for c in ("x", "y", "z")], axis=1)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, rejected below
+        points = points.astype(np.float32)
     bad = ~np.all(np.isfinite(points), axis=1)
     if bad.any():
         raise PointCloudError(path, f"{int(bad.sum())} of {len(points)} vertices have inf/NaN coordinates")
-    raw = np.stack([data[c] for c in rgb_names], axis=1)
-    if np.issubdtype(raw.dtype, np.floating):
-        # Float colours are 0..1 by convention (Open3D); anything larger is taken as 0..255.
-        scale = 255.0 if float(np.nanmax(raw)) <= 1.0 else 1.0
-        colors = np.clip(np.rint(raw * scale), 0, 255).astype(np.uint8)
-    elif raw.dtype.itemsize > 1 and int(raw.max()) > 255:
-        colors = (raw.astype(np.uint32) // 257).astype(np.uint8)  # 16-bit colours
-    else:
-        colors = np.clip(raw, 0, 255).astype(np.uint8)
-    return points, colors
+    # the colour properties share one declared type in practice; the widest one decides the convention
+    ctype = max((declared[c] for c in rgb_names), key=lambda d: (d.kind == "f", d.itemsize))
+    raw = np.stack([_ply_column(path, values, declared, c) for c in rgb_names], axis=1)
+    return points, _ply_colors(path, raw, ctype)
 
 
 def detect_layout(path: Path | str) -> str:
@@ -636,13 +849,11 @@ class _VoxelGrid:
         self.dropped = 0
 
     def add(self, points: np.ndarray, colors: np.ndarray) -> None:
-        idx = np.floor(points / self.voxel).astype(np.int64)
-        ok = np.all(np.abs(idx) < _VOXEL_OFF, axis=1)
+        # absolute keys, comparable across batches (scenegrep.indexer.voxels)
+        keys, ok = pack_coords(voxel_coords(points, self.voxel))
         if not ok.all():
             self.dropped += int((~ok).sum())
-            idx, points, colors = idx[ok], points[ok], colors[ok]
-        idx += _VOXEL_OFF
-        keys = (idx[:, 0] << (2 * _VOXEL_BITS)) | (idx[:, 1] << _VOXEL_BITS) | idx[:, 2]
+            keys, points, colors = keys[ok], points[ok], colors[ok]
         vals = np.concatenate([points, colors.astype(np.float64)], axis=1)
         self._buf.append((keys, vals, np.ones(len(keys))))
         self._buffered += len(keys)
@@ -657,8 +868,9 @@ class _VoxelGrid:
         cnts = np.concatenate([self.counts] + [b[2] for b in self._buf])
         self._buf, self._buffered = [], 0
         self.keys, inv = np.unique(keys, return_inverse=True)
+        inv = inv.reshape(-1)
         n = len(self.keys)
-        self.sums = np.stack([np.bincount(inv, weights=vals[:, c], minlength=n) for c in range(6)], axis=1)
+        self.sums = group_sums(inv, vals, n)
         self.counts = np.bincount(inv, weights=cnts, minlength=n)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
@@ -687,7 +899,7 @@ def backproject_frames(frames: Iterable[Frame], voxel_size: float = 0.02) -> tup
         grid.add(*backproject_frame(f))
     if grid.dropped:
         log.warning("dropped %d back-projected points more than %.0f m from the origin (bad depth scale?)",
-                    grid.dropped, _VOXEL_OFF * voxel_size)
+                    grid.dropped, KEY_OFFSET * voxel_size)
     return grid.result()
 
 

@@ -74,7 +74,7 @@ _JPEG_QUALITY = 90
 
 
 @dataclass(frozen=True)
-class Preset:
+class RoomSize:
     """Size of a generated scan.
 
     Attributes:
@@ -99,13 +99,13 @@ class Preset:
     cam_distance: tuple[float, float]
 
 
-PRESETS: dict[str, Preset] = {
-    "small": Preset(room_x=(3.2, 3.8), room_y=(2.9, 3.4), wall_height=2.0, n_objects=(6, 9),
+ROOM_SIZES: dict[str, RoomSize] = {
+    "small": RoomSize(room_x=(3.2, 3.8), room_y=(2.9, 3.4), wall_height=2.0, n_objects=(6, 9),
                     object_spacing=0.02, structure_spacing=0.036, n_frames=20, image_size=(320, 240),
                     cam_distance=(0.9, 2.4)),
     # ScanNet-size: ~225k points, 300 frames; cluttered (~130 objects) so the geometric proposer gives ~150-220
     # masks, the load the visibility and feature benchmarks are specified for.
-    "scannet": Preset(room_x=(8.5, 9.5), room_y=(7.0, 8.0), wall_height=2.6, n_objects=(128, 136),
+    "scannet": RoomSize(room_x=(8.5, 9.5), room_y=(7.0, 8.0), wall_height=2.6, n_objects=(128, 136),
                       object_spacing=0.029, structure_spacing=0.036, n_frames=300, image_size=(640, 480),
                       cam_distance=(1.0, 3.5)),
 }
@@ -411,7 +411,7 @@ def _place(parts: list[Part], yaw: float, xy: np.ndarray) -> list[Part]:
     return out
 
 
-def make_room(rng: np.random.Generator, preset: Preset) -> Room:
+def make_room(rng: np.random.Generator, preset: RoomSize) -> Room:
     """Room size and non-intersecting objects (rejection sampling on footprints, MIN_GAP apart)."""
     sx, sy = rng.uniform(*preset.room_x), rng.uniform(*preset.room_y)
     n_target = int(rng.integers(preset.n_objects[0], preset.n_objects[1] + 1))
@@ -466,7 +466,7 @@ def _noisy_colors(rgb: np.ndarray, normals: np.ndarray, rng: np.random.Generator
     return np.clip(np.rint(c), 0, 255).astype(np.uint8)
 
 
-def sample_room(room: Room, preset: Preset, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_room(room: Room, preset: RoomSize, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Surface points (N, 3) float32, colours (N, 3) uint8, instance ids (N,) int32 (0 = floor/walls),
     shuffled. Hidden faces (object bottoms on the floor, faces inside another part of the same object,
     floor under objects) are not sampled, like a reconstructed mesh."""
@@ -653,7 +653,7 @@ _BOX_CORNERS = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 
 _BOX_EDGES = np.array([(i, i | bit) for i in range(8) for bit in (1, 2, 4) if not i & bit])
 
 
-def choose_cameras(scene: Scene, preset: Preset, rng: np.random.Generator) -> list[np.ndarray]:
+def choose_cameras(scene: Scene, preset: RoomSize, rng: np.random.Generator) -> list[np.ndarray]:
     """``preset.n_frames`` poses at 1.3-1.8 m looking near objects. Targets cycle through the objects in
     shuffled rounds so each is the target of ~n_frames/K frames; a candidate is kept only if the ray to
     its target point reaches the target object first (not occluded)."""
@@ -722,9 +722,9 @@ def generate_scan(out_dir: Path | str, name: str, seed: int, preset: str = "smal
     An existing folder is replaced only if it is itself a synthetic scan (scan.json tagged "synthetic");
     otherwise FileExistsError. The folder appears atomically (written beside it, then renamed).
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    cfg = PRESETS[preset]
+    if preset not in ROOM_SIZES:
+        raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(ROOM_SIZES)})")
+    cfg = ROOM_SIZES[preset]
     out_dir = Path(out_dir)
     final = out_dir / name
     if final.exists() and not _is_synthetic_scan(final):

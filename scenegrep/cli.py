@@ -1,39 +1,42 @@
-"""The ``scenegrep`` command line: a thin click layer over the library.
+"""The ``scenegrep`` command line: parse options, call the public API (:mod:`scenegrep`), format output.
 
-This is the composition root: the only module that wires every floor (storage, indexer, search).
-Library errors become one-line click errors here and nowhere else.
+No policy lives here: presets, overrides and option checks are :class:`scenegrep.IndexSettings`'s, the work
+is :class:`scenegrep.Collection`'s. Errors of the library (:class:`scenegrep.ScenegrepError`) become one
+line, ``Error: <file or thing>: <problem>``, exit code 1; anything else is a bug and says so.
+
+Only click and the light modules of the package are imported at start-up, so ``--help`` is fast.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import click
-import numpy as np
 
-from scenegrep.indexer.features.encoders import EncoderWeightsError, load_encoder
-from scenegrep.indexer.features.presets import PRESETS, SAM_MODELS, Preset, get_preset, sam_model_for
-from scenegrep.indexer.proposals import proposer_names
-from scenegrep.indexer.proposals.base import MaskFileError
-from scenegrep.indexer.proposals.mask3d.proposer import MASK3D_TOPK, POSTPROCESS_MODES
-from scenegrep.indexer.proposals.mask3d.voxelize import COLOR_MODES
-from scenegrep.indexer.scans import ScanError
-from scenegrep.indexer.weights import WeightsFileError
-from scenegrep.storage.errors import StoreError
+import scenegrep
+from scenegrep.choices import (
+    DEFAULT_PROPOSER,
+    DEFAULT_VOXEL_SIZE,
+    DEVICES,
+    MASK3D_COLORS,
+    MASK3D_POSTPROCESS,
+    MASK3D_TOPK,
+    PRECISIONS,
+    PRESET_NAMES,
+    PROPOSERS,
+    SAM_MODELS,
+    SEGMENTERS,
+)
+from scenegrep.errors import ScenegrepError, SettingsError, one_line
 
 log = logging.getLogger("scenegrep")
 
-#: Errors caused by the user's input or environment: shown as one line, exit code 1.
-USER_ERRORS: tuple[type[Exception], ...] = (
-    ScanError, MaskFileError, StoreError, EncoderWeightsError, WeightsFileError, ValueError, FileNotFoundError,
-)
-
 DEFAULT_HOME = "./scenegrep-home"
-DEFAULT_CLIP = (PRESETS["default"].clip_model, PRESETS["default"].clip_pretrained)
 DEMO_CLIP = ("ViT-B-32", "openai")
 DEMO_QUERIES = ("a red chair", "a wooden table", "a blue box")
 
@@ -46,28 +49,30 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except USER_ERRORS as e:
-            raise click.ClickException(_one_line(e)) from None
-        except Exception as e:  # noqa: BLE001 - the CLI edge: never show a traceback by default
-            if ctx.find_root().params.get("debug"):
+        except ScenegrepError as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # `scenegrep stats | head -1`: the reader left; click exits quietly
                 raise
-            raise click.ClickException(
-                f"unexpected {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)") from None
+            raise self._bug(ctx, e) from None
+        except Exception as e:  # noqa: BLE001 - the CLI edge: never show a traceback by default
+            raise self._bug(ctx, e) from None
 
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    @staticmethod
+    def _bug(ctx: click.Context, e: Exception) -> click.ClickException:
+        if ctx.find_root().params.get("debug"):
+            raise e
+        return click.ClickException(f"unexpected {type(e).__name__}: {one_line(e)} (this is a bug in scenegrep; "
+                                    "run again with --debug for the traceback)")
 
 
 def _home(ctx: click.Context) -> Path:
     return Path(ctx.find_root().params["home"])
 
 
-def _open_store(ctx: click.Context, read_only: bool = False):
+def _open(ctx: click.Context, write: bool = False, device: str = "cpu") -> "scenegrep.Collection":
     """Writers take the home's lock; readers (search, show, scans, ...) never wait for a running index."""
-    from scenegrep.storage import Store
-
-    return Store.open(_home(ctx), read_only=read_only)
+    return scenegrep.open(_home(ctx), write=write, device=device)
 
 
 def _echo_json(obj: Any) -> None:
@@ -75,9 +80,11 @@ def _echo_json(obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if hasattr(o, "item"):  # numpy scalars
         return o.item()
-    if isinstance(o, np.ndarray):
+    if hasattr(o, "tolist"):  # numpy arrays
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
@@ -88,7 +95,18 @@ def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def _given(**options: Any) -> dict[str, Any]:
+    """Options the user gave (click leaves the others at None or False)."""
+    return {k: v for k, v in options.items() if v is not None and v is not False and v != ()}
+
+
 # --------------------------------------------------------------------------------------------------
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"scenegrep {scenegrep.__version__}")
+        ctx.exit()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,7 +115,8 @@ def _err(msg: str) -> None:
               help="Folder holding the catalog (SQLite), vector index (FAISS) and point files. Env: SCENEGREP_HOME.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
-@click.version_option(package_name="scenegrep")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 def cli(home: Path, verbose: int, debug: bool) -> None:
     """scenegrep: search many 3D scans for object instances by text."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
@@ -110,130 +129,127 @@ def main() -> None:
 
 # -- shared options ---------------------------------------------------------------------------------
 
-def _device_option(f):
-    return click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+
+def _device_option(f: Callable) -> Callable:
+    return click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
                         help="Device for the models (CLIP, SAM, Mask3D).")(f)
 
 
-def _encoder_options(default_model: tuple[str, str] = DEFAULT_CLIP):
-    def deco(f):
+def _encoder_options(default_model: str = "the home's own, else the preset's (ViT-L-14-336)") -> Callable:
+    def deco(f: Callable) -> Callable:
         f = _device_option(f)
         f = click.option("--allow-random-weights", is_flag=True,
                          help="If the CLIP weights cannot be loaded, use RANDOM weights (tests/offline demo only; "
                               "results are meaningless and the catalog records it).")(f)
         f = click.option("--clip-pretrained", default=None,
-                         help=f"open_clip pretrained tag or a path to a weights file [default: {default_model[1]} for "
-                              "plain model names, none for local-dir:/hf-hub: models].")(f)
-        f = click.option("--clip-model", default=default_model[0], show_default=True,
-                         help="open_clip model name, hf-hub:ORG/NAME or local-dir:PATH.")(f)
+                         help="open_clip pretrained tag or a path to a weights file [default: the preset's tag "
+                              "(openai) for plain model names, none for local-dir:/hf-hub: models].")(f)
+        f = click.option("--clip-model", default=None,
+                         help=f"open_clip model name, hf-hub:ORG/NAME or local-dir:PATH [default: {default_model}].")(f)
         return f
     return deco
 
 
-def _proposer_options(f):
-    f = click.option("--mask3d-colors", type=click.Choice(COLOR_MODES), default=COLOR_MODES[0],
-                     show_default=True,
+def _proposer_options(f: Callable) -> Callable:
+    f = click.option("--voxel-size", type=click.FloatRange(min=0.001, max=1.0), default=None,
+                     help=f"Metres: voxel of the cloud back-projected from 7-Scenes style frames "
+                          f"[default: {DEFAULT_VOXEL_SIZE}].")(f)
+    f = click.option("--mask3d-colors", type=click.Choice(MASK3D_COLORS), default=None,
                      help="For mask3d: colour normalisation: ScanNet mean/std (what the released checkpoints were "
-                          "trained on) or OpenMask3D's single-scene [0, 1] colours.")(f)
-    f = click.option("--mask3d-topk", type=click.IntRange(min=1), default=MASK3D_TOPK, show_default=True,
-                     help="For mask3d: masks kept by --mask3d-postprocess mask3d (Mask3D's topk_per_image).")(f)
-    f = click.option("--mask3d-postprocess", type=click.Choice(POSTPROCESS_MODES),
-                     default=POSTPROCESS_MODES[0], show_default=True,
+                          f"trained on) or OpenMask3D's single-scene [0, 1] colours [default: {MASK3D_COLORS[0]}].")(f)
+    f = click.option("--mask3d-topk", type=click.IntRange(min=1), default=None,
+                     help=f"For mask3d: masks kept by --mask3d-postprocess mask3d [default: {MASK3D_TOPK}].")(f)
+    f = click.option("--mask3d-postprocess", type=click.Choice(MASK3D_POSTPROCESS), default=None,
                      help="For mask3d: default = every connected part of every query once with its best class; "
-                          "openmask3d / mask3d = those projects' own top-k selection.")(f)
+                          f"openmask3d / mask3d = those projects' own top-k [default: {MASK3D_POSTPROCESS[0]}].")(f)
     f = click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
                      help="For --proposer mask3d: a Mask3D checkpoint (e.g. scannet200_val.ckpt).")(f)
     f = click.option("--masks", type=click.Path(exists=True, path_type=Path),
                      help="For --proposer file: a mask file (.npz or OpenMask3D *_masks.pt) or a folder of them.")(f)
-    f = click.option("--proposer", type=click.Choice(proposer_names()), default="geometric",
-                     show_default=True, help="Class-agnostic mask proposer.")(f)
+    f = click.option("--segmenter", type=click.Choice(SEGMENTERS), default=None,
+                     help="For lifted: 2D masks from SAM's automatic generator (needs --sam-checkpoint) or the "
+                          "weight-free Felzenszwalb segmenter [default: sam with --sam-checkpoint, else "
+                          "felzenszwalb].")(f)
+    f = click.option("--proposer", type=_ProposerName(), default=DEFAULT_PROPOSER, show_default=True,
+                     help=f"Class-agnostic mask proposer: {', '.join(PROPOSERS)}, or several joined by '+' "
+                          "(their union, duplicates removed; union = geometric+lifted).")(f)
     return f
 
 
-_MASK3D_OPTIONS = {"mask3d_postprocess": "postprocess", "mask3d_topk": "topk", "mask3d_colors": "colors"}
+class _ProposerName(click.ParamType):
+    """A proposer name, or several joined by '+'."""
+
+    name = "NAME[+NAME...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        names = str(value).split("+")
+        bad = [n for n in names if n not in PROPOSERS]
+        if bad:
+            self.fail(f"{bad[0]!r} is not one of {', '.join(PROPOSERS)} (several may be joined by '+')", param, ctx)
+        return str(value)
 
 
-def _explicit(ctx: click.Context, name: str) -> bool:
-    """Whether the user gave option ``name`` (not click's default): explicit options beat a preset."""
-    src = ctx.get_parameter_source(name)
-    return src is not None and src not in (click.core.ParameterSource.DEFAULT,
-                                           click.core.ParameterSource.DEFAULT_MAP)
+def _sam_weights_options(f: Callable) -> Callable:
+    """SAM's weights for ``--proposer lifted --segmenter sam`` (propose / eval-masks)."""
+    f = click.option("--sam-model", type=click.Choice(SAM_MODELS), default=None,
+                     help="SAM architecture of --sam-checkpoint [default: from the file name].")(f)
+    f = click.option("--sam-checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="For --proposer lifted: SAM's automatic masks from this checkpoint.")(f)
+    return f
 
 
-def _reject_unused(ctx: click.Context, names: Sequence[str], sep: str, requirement: str) -> None:
-    """One-line error when any of the options ``names`` was given explicitly although ``requirement`` is
-    not met (e.g. "to --proposer mask3d")."""
-    given = [n for n in names if _explicit(ctx, n)]
-    if given:
-        flags = sep.join("--" + n.replace("_", "-") for n in given)
-        raise click.ClickException(f"{flags} only appl{'ies' if len(given) == 1 else 'y'} {requirement}")
+_PROPOSER_OPTIONS = ("proposer", "masks", "checkpoint", "mask3d_postprocess", "mask3d_topk", "mask3d_colors",
+                     "voxel_size", "segmenter", "sam_checkpoint", "sam_model")
 
 
-def _check_exists(checkpoint: Path, kind: str) -> None:
-    """Fail before any scan is read or model loaded when a checkpoint path is not a file."""
-    if not checkpoint.is_file():
-        what = "is a directory, not a checkpoint file" if checkpoint.is_dir() else f"{kind} checkpoint not found"
-        raise click.ClickException(f"{checkpoint}: {what}")
+def _proposer_settings(params: dict[str, Any], device: str) -> "scenegrep.IndexSettings":
+    """Settings for ``propose`` / ``eval-masks``, checked before any scan is read."""
+    return scenegrep.IndexSettings.create(device=device, **_given(**{k: params[k] for k in _PROPOSER_OPTIONS}))
 
 
-def _proposer_settings(ctx: click.Context, proposer: str, checkpoint: Path | None, device: str) -> dict:
-    """``proposer_options`` for the chosen proposer; one-line errors for options it does not take."""
-    p = ctx.params
-    if proposer != "mask3d":
-        _reject_unused(ctx, ("checkpoint", *_MASK3D_OPTIONS), ", ", "to --proposer mask3d")
-        return {}
-    if checkpoint is None:
-        raise click.ClickException("--proposer mask3d needs --checkpoint PATH (a Mask3D .ckpt file)")
-    _check_exists(checkpoint, "Mask3D")
-    return {"checkpoint": checkpoint, "device": device, **{v: p[k] for k, v in _MASK3D_OPTIONS.items()}}
+class _Progress:
+    """The pipeline's progress callback drawn as rich progress bars on stderr (a terminal only)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "_Progress":
+        self._bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bars.stop()
+
+    def __call__(self, scan: str, stage: str, done: int, total: int) -> None:
+        task = self._tasks.get(scan)
+        if task is None:
+            task = self._tasks[scan] = self._bars.add_task(scan, total=None)
+        self._bars.update(task, description=f"{scan} [{stage}]", completed=done, total=max(total, 1))
 
 
-def _pretrained(model: str, value: str | None, default: str) -> str | None:
-    """The tag to load: local-dir:/hf-hub: folders carry their own weights, plain names default to ``default``."""
-    if value is None:
-        return None if model.startswith(("local-dir:", "hf-hub:")) else default
-    return None if value.lower() in ("", "none") else value
-
-
-def _load_encoder(model: str, pretrained: str | None, device: str, allow_random: bool,
-                  default_tag: str = DEFAULT_CLIP[1], precision: str = "fp32"):
-    enc = load_encoder(model, _pretrained(model, pretrained, default_tag), device=device,
-                       allow_random_weights=allow_random, precision=precision)
-    if enc.spec.random_weights:
-        _err(f"WARNING: CLIP {model} is running with RANDOM weights: vectors and scores are meaningless.")
-    return enc
-
-
-def _progress_printer(quiet: bool):
-    """A progress callback that prints one line per finished stage to stderr."""
-    last: dict[str, str] = {}
-
-    def progress(scan: str, stage: str, done: int, total: int) -> None:
-        if quiet:
-            return
-        if stage.startswith("features:"):
-            key = f"{scan}/{stage}"
-            if done == total and last.get(key) != "done":
-                last[key] = "done"
-                _err(f"  [{scan}] {stage} {done}/{total}")
-        elif done == total:
-            _err(f"  [{scan}] {stage} done")
-
-    return progress
+def _progress(quiet: bool) -> "_Progress | None":
+    """Progress bars when stderr is a terminal and -q/--json were not given; otherwise none."""
+    return None if quiet or not sys.stderr.isatty() else _Progress()
 
 
 # -- index ------------------------------------------------------------------------------------------
 
+
 class _FrameStep(click.ParamType):
-    """A frame step N >= 1, or "auto" (None: every frame up to the frame budget)."""
+    """A frame step N >= 1, or "auto"."""
 
     name = "N|auto"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
-        if value is None or (isinstance(value, int) and value >= 1):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) and value >= 1:
             return value
         if str(value).strip().lower() == "auto":
-            return None
+            return "auto"
         try:
             n = int(value)
         except ValueError:
@@ -243,88 +259,55 @@ class _FrameStep(click.ParamType):
         return n
 
 
-#: ``index`` options whose value comes from the preset unless given explicitly.
-_PRESET_OPTIONS = ("frame_step", "depth_threshold", "top_k", "crop_levels", "crop_expansion",
-                   "sam_rounds", "sam_points", "clip_model")
-_DEFAULTS = PRESETS["default"]
-
-
-def _resolve_preset(ctx: click.Context) -> Preset:
-    """The chosen preset with every explicitly given option replacing its value."""
-    preset = get_preset(ctx.params["preset"])
-    return preset.with_overrides(**{n: ctx.params[n] for n in _PRESET_OPTIONS if _explicit(ctx, n)})
-
-
-def _sam_settings(ctx: click.Context, preset: Preset) -> tuple[str | None, Path | None]:
-    """(SAM model, checkpoint), or (None, None) without SAM; one-line errors for inconsistent options."""
-    p = ctx.params
-    checkpoint: Path | None = p["sam_checkpoint"]
-    if checkpoint is None:
-        if p["sam_model"] is not None:
-            raise click.ClickException(f"--sam-model {p['sam_model']} needs --sam-checkpoint PATH "
-                                       "(SAM never runs with random weights)")
-        _reject_unused(ctx, ("sam_rounds", "sam_points"), " and ", "with --sam-checkpoint")
-        return None, None
-    _check_exists(checkpoint, "SAM")
-    return sam_model_for(checkpoint, p["sam_model"], preset), checkpoint
-
-
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_proposer_options
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="default", show_default=True,
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="default", show_default=True,
               help="Mask-feature settings: the project's defaults or OpenMask3D's exact ones (see README); "
                    "options given explicitly override the preset's values.")
 @click.option("--frame-step", type=_FrameStep(), default=None,
               help="Use every N-th frame, or 'auto' (every frame up to 300, else at most 300) "
                    "[default: the preset's: auto; openmask3d 10].")
-@click.option("--top-k", type=click.IntRange(min=1), default=_DEFAULTS.top_k, show_default=True,
-              help="Views per mask.")
-@click.option("--depth-threshold", type=click.FloatRange(min=0.0), default=_DEFAULTS.depth_threshold,
-              show_default=True, help="Metres: a point is visible when |sensor depth - z| <= this.")
-@click.option("--crop-levels", type=click.IntRange(min=1), default=_DEFAULTS.crop_levels, show_default=True,
-              help="Nested crops per view.")
-@click.option("--crop-expansion", type=click.FloatRange(min=0.0), default=_DEFAULTS.crop_expansion,
-              show_default=True, help="Per-level crop box growth.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Views per mask [default: the preset's: 5].")
+@click.option("--depth-threshold", type=click.FloatRange(min=0.0), default=None,
+              help="Metres: a point is visible when |sensor depth - z| <= this [default: the preset's: 0.2].")
+@click.option("--crop-levels", type=click.IntRange(min=1), default=None,
+              help="Nested crops per view [default: the preset's: 3].")
+@click.option("--crop-expansion", type=click.FloatRange(min=0.0), default=None,
+              help="Per-level crop box growth [default: the preset's: 0.1].")
 @click.option("--sam-model", type=click.Choice(SAM_MODELS), default=None,
               help="SAM architecture of --sam-checkpoint [default: from the file name (sam_vit_h_*.pth), "
                    "else the preset's (openmask3d: vit_h)].")
 @click.option("--sam-checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Refine each mask's 2D region with SAM from this checkpoint (segment_anything .pth). "
                    "Without it the box of the mask's projected visible points is used.")
-@click.option("--sam-rounds", type=click.IntRange(min=1), default=_DEFAULTS.sam_rounds, show_default=True,
-              help="SAM prompting rounds per (mask, view); the highest predicted IoU wins.")
-@click.option("--sam-points", type=click.IntRange(min=1), default=_DEFAULTS.sam_points, show_default=True,
-              help="Positive prompt points per SAM round.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of SAM's prompt sampling (same input and seed give the same vectors).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Precision of CLIP and SAM.")
+@click.option("--sam-rounds", type=click.IntRange(min=1), default=None,
+              help="SAM prompting rounds per (mask, view); the highest predicted IoU wins [default: 10].")
+@click.option("--sam-points", type=click.IntRange(min=1), default=None,
+              help="Positive prompt points per SAM round [default: 5].")
+@click.option("--seed", type=int, default=None,
+              help="Seed of SAM's prompt sampling (same input and seed give the same vectors) [default: 0].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Precision of CLIP and SAM [default: fp32].")
 @_encoder_options()
 @click.option("--force", is_flag=True, help="Re-index scans even if unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print outcomes as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-def index(ctx, paths, proposer, masks, checkpoint, mask3d_postprocess, mask3d_topk, mask3d_colors, preset,
-          frame_step, top_k, depth_threshold, crop_levels, crop_expansion, sam_model, sam_checkpoint, sam_rounds,
-          sam_points, seed, precision, clip_model, clip_pretrained, allow_random_weights, device, force, as_json,
-          quiet):
-    """Index scan folders (ScanNet or 7-Scenes layout) into the home."""
-    from scenegrep.indexer.pipeline import IndexOptions, build_refiner, index_paths
+def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: bool, quiet: bool,
+          **options: Any) -> None:
+    """Index scan folders (ScanNet or 7-Scenes layout) into the home.
 
-    settings = _resolve_preset(ctx)
-    proposer_options = _proposer_settings(ctx, proposer, checkpoint, device)
-    sam_model, sam_checkpoint = _sam_settings(ctx, settings)
-    # SAM first: a bad SAM checkpoint fails in a second, before CLIP (possibly ViT-L) is loaded
-    refiner = build_refiner(sam_model, sam_checkpoint, device=device, precision=precision, seed=seed,
-                            rounds=settings.sam_rounds, points=settings.sam_points)
-    encoder = _load_encoder(settings.clip_model, clip_pretrained, device, allow_random_weights,
-                            settings.clip_pretrained, precision)
-    options = IndexOptions(proposer=proposer, masks=masks, proposer_options=proposer_options,
-                           features=settings.feature_config(), refiner=refiner, preset=settings.name, seed=seed,
-                           force=force)
-    with _open_store(ctx) as store:
-        outcomes = index_paths(paths, store, encoder, options, progress=_progress_printer(quiet or as_json))
+    A folder that is not itself a scan stands for every scan folder inside it.
+    """
+    settings = scenegrep.IndexSettings.create(preset, **_given(**options))
+    progress = _progress(quiet or as_json)
+    with _open(ctx, write=True, device=settings.device) as col:
+        if progress is None:
+            outcomes = col.index(paths, settings)
+        else:
+            with progress:
+                outcomes = col.index(paths, settings, progress=progress)
     if as_json:
         _echo_json([{
             "path": str(o.path), "name": o.name, "status": o.status, "instances": o.instances,
@@ -337,76 +320,116 @@ def index(ctx, paths, proposer, masks, checkpoint, mask3d_postprocess, mask3d_to
             else:
                 line = f"{o.status:<10} {o.name}: {o.instances} instances, {o.searchable} searchable"
                 click.echo(line + (f" ({o.note})" if o.note else ""))
-    failed = sum(o.status == "failed" for o in outcomes)
-    if failed:
+    if any(o.status == "failed" for o in outcomes):
         ctx.exit(1)
 
 
 # -- search -----------------------------------------------------------------------------------------
 
+
 @cli.command()
-@click.argument("text")
+@click.argument("text", required=False)
+@click.option("--like", "like", type=int, default=None, metavar="ID",
+              help="Query by example: the instances most like this one (its stored vector).")
+@click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Query by photo: embedded by the catalog's CLIP image tower.")
+@click.option("--queries", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="One text query per line; writes one JSON line per query ({query, hits}).")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of hits.")
 @click.option("--scan", "scans", multiple=True, help="Only these scans (repeatable).")
-@click.option("--templates", is_flag=True, help="Average the query over a prompt-template ensemble.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--tag", "tags", multiple=True, help="Only scans carrying this tag of scan.json (repeatable: all).")
+@click.option("--min-points", type=click.IntRange(min=0), default=None, help="Only instances with at least N points.")
+@click.option("--max-points", type=click.IntRange(min=0), default=None, help="Only instances with at most N points.")
+@click.option("--min-extent", type=click.FloatRange(min=0), default=None,
+              help="Only instances whose bounding box's largest side is at least M metres.")
+@click.option("--max-extent", type=click.FloatRange(min=0), default=None,
+              help="Only instances whose bounding box's largest side is at most M metres.")
+@click.option("--proposer", "proposer_name", default=None, help="Only instances of scans indexed by this proposer.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Show near-duplicates (nested masks of one object) as hits instead of folding them.")
+@click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Only hits whose calibrated relevance (0..1, see README) is at least this.")
+@click.option("--templates", is_flag=True, help="Average a text query over a prompt-template ensemble.")
+@_device_option
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @click.pass_context
-def search(ctx, text, k, scans, templates, device, as_json):
-    """Rank object instances across all indexed scans by similarity to TEXT."""
-    from scenegrep.search.engine import SearchEngine
-
-    with _open_store(ctx, read_only=True) as store:
-        engine = SearchEngine(store, device=device)
-        hits = engine.search(text, k=k, scans=scans or None, templates=templates)
+def search(ctx: click.Context, text: str | None, like: int | None, image: Path | None, queries: Path | None,
+           k: int, templates: bool, device: str, as_json: bool, show_all: bool, min_score: float | None,
+           proposer_name: str | None, **filters: Any) -> None:
+    """Rank object instances across all indexed scans by similarity to TEXT (or --like, --image, --queries)."""
+    given = [name for name, v in (("TEXT", text), ("--like", like), ("--image", image), ("--queries", queries))
+             if v is not None]
+    if len(given) != 1:
+        raise click.UsageError("give one of TEXT, --like ID, --image PHOTO or --queries FILE"
+                               + (f" (got {', '.join(given)})" if given else ""))
+    if templates and text is None and queries is None:
+        raise click.UsageError("--templates applies to text queries")
+    options = dict(all=show_all, min_score=min_score, proposer=proposer_name, **filters)
+    with _open(ctx, device=device) as col:
+        if queries is not None:
+            lines = _query_lines(queries)
+            for query, hits in zip(lines, col.search_many(lines, k=k, **options)):
+                click.echo(json.dumps({"query": query, "hits": hits}, default=_json_default))
+            return
+        if like is not None:
+            hits, title = col.like(like, k=k, **options), f"like instance {like}"
+        elif image is not None:
+            hits, title = col.search_image(image, k=k, **options), f"photo {image}"
+        else:
+            hits, title = col.search(text, k=k, templates=templates, **options), text
     if as_json:
-        _echo_json([h.to_dict() for h in hits])
-        return
-    _print_hits(text, hits)
+        _echo_json(hits)
+    else:
+        _print_hits(title, hits)
 
 
-def _print_hits(query: str, hits: Sequence) -> None:
+#: Most lines ``search --queries`` reads (one query each).
+MAX_QUERY_LINES = 10_000
+
+
+def _query_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise SettingsError("no such file", path)
+    if path.stat().st_size > 16 * 2**20:
+        raise SettingsError("larger than 16 MiB; split it", path)
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    if len(lines) > MAX_QUERY_LINES:
+        raise SettingsError(f"{len(lines)} queries; at most {MAX_QUERY_LINES} per file", path)
+    return lines
+
+
+def _print_hits(query: str, hits: Sequence[Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"'{query}'", title_justify="left")
     for col, kw in (("rank", {"justify": "right"}), ("id", {"justify": "right"}), ("scan", {}),
-                    ("score", {"justify": "right"}), ("points", {"justify": "right"}), ("bbox min -> max (m)", {})):
+                    ("score", {"justify": "right"}), ("relevance", {"justify": "right"}),
+                    ("points", {"justify": "right"}), ("folded", {"justify": "right"}), ("bbox min -> max (m)", {})):
         table.add_column(col, **kw)
     for r, h in enumerate(hits, 1):
         b = h.bbox
-        table.add_row(str(r), str(h.id), h.scan, f"{h.score:.4f}", str(h.n_points),
+        rel = "-" if h.relevance is None else f"{h.relevance:.3f}"
+        table.add_row(str(r), str(h.id), h.scan, f"{h.score:.4f}", rel, str(h.n_points), str(len(h.folded)),
                       f"({b[0]:.2f},{b[1]:.2f},{b[2]:.2f}) -> ({b[3]:.2f},{b[4]:.2f},{b[5]:.2f})")
     Console(width=120).print(table)
     if not hits:
         click.echo("no hits")
 
 
-# -- show / export ----------------------------------------------------------------------------------
+# -- instances ----------------------------------------------------------------------------------------
+
 
 @cli.command()
-@click.argument("instance_id", type=int)
+@click.argument("instance_id", type=int, metavar="ID")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--vector", "with_vector", is_flag=True,
               help="Include the stored vector (float16 in the catalog, given as float32; null without one).")
 @click.pass_context
-def show(ctx, instance_id, as_json, with_vector):
+def show(ctx: click.Context, instance_id: int, as_json: bool, with_vector: bool) -> None:
     """Details of one instance."""
-    from scenegrep.search.engine import SearchEngine
-
-    with _open_store(ctx, read_only=True) as store:
-        info = store.instance(instance_id)
-        hit = SearchEngine(store).hit_for(info)
-        scan = store.find_scan(hit.scan)
-        vector = store.instance_vector(instance_id) if with_vector else None
-    data = hit.to_dict()
-    data.pop("score")
-    scan_info = scan.info if scan else {}
-    data.update(searchable=bool(info.searchable), best_frame=info.best_frame,
-                mask_index=int(info.mask_index), scan_source=scan.source_path if scan else None,
-                proposer=scan_info.get("proposer"), mask_method_2d=scan_info.get("mask_method_2d"))
-    if with_vector:
-        data["vector"] = None if vector is None else np.asarray(vector, np.float32).tolist()
+    with _open(ctx) as col:
+        data = col.instance(instance_id, vector=with_vector).to_dict(with_vector=with_vector)
     if as_json:
         _echo_json(data)
     else:
@@ -415,40 +438,57 @@ def show(ctx, instance_id, as_json, with_vector):
 
 
 @cli.command()
-@click.argument("instance_id", type=int)
+@click.argument("scan")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def instances(ctx: click.Context, scan: str, as_json: bool) -> None:
+    """List the instances of one indexed SCAN."""
+    with _open(ctx) as col:
+        rows = col.instances(scan)
+    if as_json:
+        _echo_json(rows)
+        return
+    for d in rows:
+        b = d.bbox
+        click.echo(f"{d.id:>8}  {d.n_points:>7} points  mask score {d.mask_score:.3f}  "
+                   f"{'searchable' if d.searchable else 'no vector ':<10}  "
+                   f"({b[0]:.2f},{b[1]:.2f},{b[2]:.2f}) -> ({b[3]:.2f},{b[4]:.2f},{b[5]:.2f})")
+    if not rows:
+        click.echo(f"{scan} has no instances")
+
+
+@cli.command()
+@click.argument("instance_id", type=int, metavar="ID")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_context
-def export(ctx, instance_id, out):
-    """Write an instance's points to OUT (.ply, or .npz with indices/xyz/rgb)."""
-    from scenegrep.search.engine import SearchEngine
-
-    with _open_store(ctx, read_only=True) as store:
-        pts = SearchEngine(store).points(instance_id)
-    if out.suffix.lower() == ".npz":
-        pts.to_npz(out)
-    elif out.suffix.lower() == ".ply":
-        pts.to_ply(out)
-    else:
-        raise click.ClickException(f"{out}: unknown export format (use .ply or .npz)")
-    click.echo(f"wrote {len(pts.indices)} points of instance {instance_id} to {out}")
+def export(ctx: click.Context, instance_id: int, out: Path) -> None:
+    """Write an instance's points to OUT (.ply, or .npz with indices/xyz/rgb); OUT's folder must exist."""
+    with _open(ctx) as col:
+        n = len(col.points(instance_id).indices)
+        path = col.export(instance_id, out)
+    click.echo(f"wrote {n} points of instance {instance_id} to {path}")
 
 
 # -- catalog ----------------------------------------------------------------------------------------
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def scans(ctx, as_json):
-    """List indexed scans."""
-    with _open_store(ctx, read_only=True) as store:
-        rows = store.scans()
-    data = [{
+
+def _scan_dict(s: Any) -> dict[str, Any]:
+    return {
         "name": s.name, "status": s.status, "instances": s.instances, "searchable": s.searchable,
         "points": s.point_count, "frames": s.frame_count, "layout": s.layout, "source": s.source_path,
         "indexed_at": str(s.indexed_at) if s.indexed_at else None, "tags": s.tags,
         "proposer": s.info.get("proposer"), "mask_method_2d": s.info.get("mask_method_2d"),
         "preset": s.info.get("preset"), "info": s.info,
-    } for s in rows]
+    }
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def scans(ctx: click.Context, as_json: bool) -> None:
+    """List indexed scans."""
+    with _open(ctx) as col:
+        data = [_scan_dict(s) for s in col.scans()]
     if as_json:
         _echo_json(data)
         return
@@ -463,20 +503,26 @@ def scans(ctx, as_json):
 @cli.command()
 @click.argument("name")
 @click.pass_context
-def remove(ctx, name):
+def remove(ctx: click.Context, name: str) -> None:
     """Delete a scan everywhere (catalog, vectors, points)."""
-    with _open_store(ctx) as store:
-        n = store.remove_scan(name)
+    with _open(ctx, write=True) as col:
+        n = col.remove(name)
     click.echo(f"removed {name} ({n} instances)")
 
 
 @cli.command()
+@click.option("--recall", "recall", type=click.IntRange(min=1, max=10_000), default=None, is_flag=False,
+              flag_value=200, metavar="[N]",
+              help="Also measure recall@10 of the vector search against exact search on N stored vectors "
+                   "(default 200).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def stats(ctx, as_json):
+def stats(ctx: click.Context, recall: int | None, as_json: bool) -> None:
     """Catalog and index statistics."""
-    with _open_store(ctx, read_only=True) as store:
-        data = store.stats()
+    with _open(ctx) as col:
+        data = col.stats()
+        if recall is not None:
+            data["recall_at_10"] = col.recall(recall)
     if as_json:
         _echo_json(data)
     else:
@@ -484,21 +530,48 @@ def stats(ctx, as_json):
             click.echo(f"{key:<16} {value}")
 
 
+@cli.command()
+@click.option("--repair", is_flag=True,
+              help="Rebuild what can be rebuilt (vectors from the catalog, point files from the scan folders), "
+                   "then check again.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def verify(ctx: click.Context, repair: bool, as_json: bool) -> None:
+    """Check every byte and invariant of the home; exit 1 naming each problem."""
+    actions: list[str] = []
+    if repair:
+        with _open(ctx, write=True) as col:
+            actions = col.repair()
+    with _open(ctx) as col:
+        problems = col.verify()
+    if as_json:
+        _echo_json({"ok": not problems, "problems": problems, **({"repairs": actions} if repair else {})})
+    else:
+        for a in actions:
+            click.echo(f"REPAIR   {a}")
+        for p in problems:
+            click.echo(f"PROBLEM  {p}")
+        if not problems:
+            click.echo(f"{_home(ctx)}: ok")
+    if problems:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def optimize(ctx: click.Context, as_json: bool) -> None:
+    """Merge small vector segments and drop deleted vectors now (writers also do it by policy)."""
+    with _open(ctx, write=True) as col:
+        report = col.optimize()
+    if as_json:
+        _echo_json(report)
+    else:
+        for key, value in report.items():
+            click.echo(f"{key:<16} {value}")
+
+
 # -- masks ------------------------------------------------------------------------------------------
-
-def _mask_options(ctx: click.Context):
-    """The proposer settings of ``propose`` / ``eval-masks``, checked before any scan is read."""
-    from scenegrep.indexer.pipeline import IndexOptions
-
-    p = ctx.params
-    return IndexOptions(proposer=p["proposer"], masks=p["masks"],
-                        proposer_options=_proposer_settings(ctx, p["proposer"], p["checkpoint"], p["device"]))
-
-
-def _propose(scan, options):
-    from scenegrep.indexer.pipeline import proposer_for
-
-    return proposer_for(scan, options).propose(scan)
 
 
 @cli.command()
@@ -506,97 +579,131 @@ def _propose(scan, options):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output .npz (the project's sparse mask format).")
 @_proposer_options
+@_sam_weights_options
 @_device_option
 @click.pass_context
-def propose(ctx, scan_dir, out, proposer, masks, checkpoint, mask3d_postprocess, mask3d_topk, mask3d_colors, device):
+def propose(ctx: click.Context, scan_dir: Path, out: Path, device: str, **options: Any) -> None:
     """Write class-agnostic mask proposals for one scan without indexing."""
-    from scenegrep.indexer.scans import read_scan
-
-    options = _mask_options(ctx)
-    scan = read_scan(scan_dir)
-    ms = _propose(scan, options)
-    ms.save_npz(out)
-    click.echo(f"wrote {len(ms)} masks over {ms.num_points} points of {scan.name} to {out}")
+    masks = scenegrep.propose(scan_dir, _proposer_settings(options, device))
+    masks.save_npz(out)
+    click.echo(f"wrote {len(masks)} masks over {masks.num_points} points of {scan_dir} to {out}")
 
 
 @cli.command("eval-masks")
 @click.argument("scan_dir", type=click.Path(path_type=Path))
 @_proposer_options
+@_sam_weights_options
 @_device_option
+@click.option("--per-instance", is_flag=True, help="Also each ground-truth object's best IoU.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def eval_masks(ctx, scan_dir, proposer, masks, checkpoint, mask3d_postprocess, mask3d_topk, mask3d_colors, device,
-               as_json):
-    """Class-agnostic AP of a proposer against the scan's gt_instances.npy (ScanNet protocol)."""
-    from scenegrep.indexer.evaluate import evaluate_masks, load_gt
-    from scenegrep.indexer.scans import read_scan
+def eval_masks(ctx: click.Context, scan_dir: Path, device: str, per_instance: bool, as_json: bool,
+               **options: Any) -> None:
+    """Class-agnostic AP of a proposer against the scan's ground truth (ScanNet protocol).
 
-    options = _mask_options(ctx)
-    scan = read_scan(scan_dir)
-    gt = load_gt(scan_dir, scan.num_points)  # a bad ground truth fails before the proposals run
-    ms = _propose(scan, options)
-    res = evaluate_masks(ms, gt)
-    data = {"scan": scan.name, "proposer": proposer, "masks": len(ms),
-            "ap": float(res.ap), "ap50": float(res.ap50), "ap25": float(res.ap25)}
+    Ground truth: gt_instances.npy, else the scan's 2D label maps (frame-*.label.png) lifted to its points.
+    """
+    res = scenegrep.evaluate_masks(scan_dir, _proposer_settings(options, device), per_instance=per_instance)
     if as_json:
-        _echo_json(data)
-    else:
-        click.echo(f"{scan.name}: {len(ms)} masks  AP {res.ap:.3f}  AP50 {res.ap50:.3f}  AP25 {res.ap25:.3f}")
+        _echo_json(res.to_dict())
+        return
+    click.echo(f"{res.scan}: {res.masks} masks  AP {res.ap:.3f}  AP50 {res.ap50:.3f}  AP25 {res.ap25:.3f}  "
+               f"(ground truth: {res.gt_source})")
+    for inst in res.instances or []:
+        note = "  (under 100 points: ignored by AP)" if inst.get("ignored") else ""
+        click.echo(f"  gt {inst['gt']:>4}  {inst['points']:>7} points  best IoU {inst['best_iou']:.3f}{note}")
+
+
+# -- the search server -----------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback by default; anything else is reachable from the network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to bind.")
+@_device_option
+@click.option("--token", envvar="SCENEGREP_TOKEN", default=None, metavar="T",
+              help="Every /api call must carry this token (Bearer header or ?token=). Env: SCENEGREP_TOKEN.")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, device: str, token: str | None) -> None:
+    """Serve the search page and its JSON API over this home (read-only; follows a concurrent index)."""
+    import uvicorn
+
+    from scenegrep.server import create_app
+
+    if not _is_loopback(host) and not token:
+        _err(f"WARNING: binding {host} without a token: anyone who can reach this port can search and read the "
+             "scans of this home (no authentication). Set --token or SCENEGREP_TOKEN.")
+    app = create_app(_home(ctx), device=device, token=token or None)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {_home(ctx)} on http://{shown}:{port}/ (Ctrl+C stops)")
+    verbose = ctx.find_root().params.get("verbose", 0)
+    uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning", access_log=bool(verbose))
 
 
 # -- synthetic data and demo ----------------------------------------------------------------------
 
+
 @cli.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--scans", "n", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--scans", "n", type=click.IntRange(min=1, max=1000), default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--preset", type=click.Choice(["small", "scannet"]), default="small", show_default=True)
-def synth(out_dir, n, seed, preset):
+def synth(out_dir: Path, n: int, seed: int, preset: str) -> None:
     """Write N seeded synthetic rooms (ScanNet layout, with ground truth) to OUT_DIR/<name>/."""
-    from scenegrep.indexer.synthetic import generate_scans
-
-    paths = generate_scans(out_dir, n, seed=seed, preset=preset)
-    for p in paths:
+    for p in scenegrep.generate_scans(out_dir, n, seed=seed, preset=preset):
         click.echo(str(p))
 
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"),
               show_default=True, help="Where the synthetic scans and the exported PLY go.")
-@_encoder_options(DEMO_CLIP)
+@_encoder_options(f"{DEMO_CLIP[0]} ({DEMO_CLIP[1]})")
 @click.pass_context
-def demo(ctx, out, clip_model, clip_pretrained, allow_random_weights, device):
+def demo(ctx: click.Context, out: Path, clip_model: str | None, clip_pretrained: str | None,
+         allow_random_weights: bool, device: str) -> None:
     """Make three synthetic scans, index them, run three queries and export the top hit."""
-    from scenegrep.indexer.pipeline import IndexOptions, index_paths
-    from scenegrep.indexer.synthetic import generate_scans
-    from scenegrep.search.engine import SearchEngine
-
     click.echo(f"1/4 writing 3 synthetic scans to {out}/scans")
-    paths = generate_scans(out / "scans", 3, seed=0, preset="small")
-    try:
-        encoder = _load_encoder(clip_model, clip_pretrained, device, allow_random_weights, DEMO_CLIP[1])
-    except EncoderWeightsError as e:
-        _err(f"could not get CLIP weights ({_one_line(e)})")
-        _err("continuing with RANDOM weights: the pipeline runs end to end, but rankings are meaningless.")
-        encoder = _load_encoder(clip_model, clip_pretrained, device, True, DEMO_CLIP[1])
-    click.echo(f"2/4 indexing into {_home(ctx)} with CLIP {encoder.spec.model} "
-               f"({'random weights' if encoder.spec.random_weights else encoder.spec.pretrained})")
-    with _open_store(ctx) as store:
-        outcomes = index_paths(paths, store, encoder, IndexOptions(), progress=_progress_printer(False))
+    paths = scenegrep.generate_scans(out / "scans", 3, seed=0, preset="small")
+    model = clip_model or DEMO_CLIP[0]
+    pretrained = clip_pretrained if clip_model else (clip_pretrained or DEMO_CLIP[1])
+    settings = dict(clip_model=model, clip_pretrained=pretrained, allow_random_weights=allow_random_weights or None,
+                    device=device)
+    click.echo(f"2/4 indexing into {_home(ctx)} with CLIP {model}")
+    with _open(ctx, write=True, device=device) as col:
+        try:
+            outcomes = col.index(paths, **_given(**settings))
+        except scenegrep.EncoderWeightsError as e:
+            _err(f"could not get CLIP weights ({e})")
+            _err("continuing with RANDOM weights: the pipeline runs end to end, but rankings are meaningless.")
+            outcomes = col.index(paths, **_given(**{**settings, "allow_random_weights": True}))
         for o in outcomes:
             click.echo(f"    {o.status:<9} {o.name}: {o.instances} instances, {o.searchable} searchable"
                        + (f" ({o.error})" if o.error else ""))
-        engine = SearchEngine(store, encoder=encoder)
         click.echo("3/4 searching")
         top = None
         for q in DEMO_QUERIES:
-            hits = engine.search(q, k=5)
+            hits = col.search(q, k=5)
             _print_hits(q, hits)
             top = top or (hits[0] if hits else None)
         if top is None:
-            raise click.ClickException("the demo index returned no hits")
-        ply = engine.points(top.id).to_ply(out / f"top_hit_{top.id}.ply")
+            raise SettingsError("the demo index returned no hits", _home(ctx))
+        out.mkdir(parents=True, exist_ok=True)
+        ply = col.export(top.id, out / f"top_hit_{top.id}.ply")
     click.echo(f"4/4 exported the top hit of {DEMO_QUERIES[0]!r} (instance {top.id}, scan {top.scan}) to {ply}")
+    click.echo(f"serve it: scenegrep --home {_home(ctx)} serve")
+    click.echo("then open http://127.0.0.1:8000/?q=a+red+chair")
     if any(o.status == "failed" for o in outcomes):
         ctx.exit(1)
 

@@ -32,20 +32,25 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from scenegrep.storage.errors import CatalogVersionError, StoreError
+from scenegrep.storage.errors import CatalogError, CatalogVersionError, StoreError
+from scenegrep.storage.records import as_utc  # noqa: F401 (re-exported: its old home)
 
 __all__ = [
     "Base",
     "EncoderRow",
     "ScanRow",
     "InstanceRow",
-    "GenerationRow",
+    "SegmentRow",
+    "TombstoneRow",
+    "StateRow",
     "Catalog",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "utcnow",
+    "catalog_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,11 +62,6 @@ STATUS_INDEXED = "indexed"
 def utcnow() -> datetime:
     """Current time as naive UTC (the form stored in the catalog)."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """A stored naive-UTC timestamp as an aware UTC datetime."""
-    return None if value is None else value.replace(tzinfo=timezone.utc)
 
 
 # -- models (the newest schema) ----------------------------------------------------------------------
@@ -109,6 +109,9 @@ class ScanRow(Base):
     status: Mapped[str] = mapped_column(String, nullable=False, default=STATUS_PENDING)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     encoder_id: Mapped[int] = mapped_column(ForeignKey("encoders.id"), nullable=False)
+    # the point file's size and CRC-32 (see storage/checksums.py); NULL for files written before schema 3
+    points_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    points_crc32: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class InstanceRow(Base):
@@ -117,6 +120,12 @@ class InstanceRow(Base):
     __tablename__ = "instances"
     __table_args__ = (
         Index("ix_instances_scan_mask", "scan_id", "mask_index", unique=True),
+        # covers "searchable ids of these scans" (the rowid rides along): a filter never reads the rows,
+        # whose blobs come before `searchable` and spill into overflow pages
+        Index("ix_instances_scan_searchable", "scan_id", "searchable"),
+        # covers every filter (storage/filters.py) and the id -> segment routing without reading the rows
+        Index("ix_instances_filter", "scan_id", "searchable", "segment_id", "point_count", "extent"),
+        Index("ix_instances_segment", "segment_id"),
         {"sqlite_autoincrement": True},  # instance ids are FAISS ids and may be cached by clients
     )
 
@@ -136,19 +145,46 @@ class InstanceRow(Base):
     searchable: Mapped[bool] = mapped_column(Boolean, nullable=False)
     thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # JPEG
     best_frame: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the live segment holding this instance's vector (NULL: unsearchable, or not committed yet)
+    segment_id: Mapped[int | None] = mapped_column(ForeignKey("segments.id"), nullable=True)
+    extent: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)  # the bbox's largest side
 
 
-class GenerationRow(Base):
-    """One written FAISS index file. Exactly one row is current; older rows are history."""
+class SegmentRow(Base):
+    """One live, immutable FAISS segment file (storage/segfiles.py). A row exists only while it is live."""
 
-    __tablename__ = "generations"
-    __table_args__ = (Index("ix_generations_current", "is_current", unique=True, sqlite_where=text("is_current = 1")),)
+    __tablename__ = "segments"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the generation number N
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    filename: Mapped[str] = mapped_column(String, nullable=False, unique=True)  # relative to <home>/vectors
+    factory: Mapped[str] = mapped_column(String, nullable=False)  # FAISS factory string, e.g. "IVF1024,SQ8"
+    ntotal: Mapped[int] = mapped_column(Integer, nullable=False)  # vectors in the file (tombstoned included)
+    min_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(Integer, nullable=False)
+    crc32: Mapped[int] = mapped_column(Integer, nullable=False)  # of every byte
+    edge_crc32: Mapped[int] = mapped_column(Integer, nullable=False)  # of the first and last 64 KiB
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
-    filename: Mapped[str] = mapped_column(String, nullable=False)  # relative to <home>/vectors
-    ntotal: Mapped[int] = mapped_column(Integer, nullable=False)
-    is_current: Mapped[bool] = mapped_column(Boolean, nullable=False)
+
+
+class TombstoneRow(Base):
+    """A vector still in a segment file whose instance was removed or replaced; search skips it."""
+
+    __tablename__ = "tombstones"
+    __table_args__ = (Index("ix_tombstones_segment", "segment_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the removed instance id (never reused)
+    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id", ondelete="CASCADE"), nullable=False)
+
+
+class StateRow(Base):
+    """Store-wide counters; ``commit`` grows by one at every commit point (readers poll it to refresh)."""
+
+    __tablename__ = "store_state"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
 # -- migrations --------------------------------------------------------------------------------------
@@ -211,12 +247,57 @@ def _migrate_v1(conn: Connection) -> None:
         conn.exec_driver_sql(stmt)
 
 
+def _migrate_v2(conn: Connection) -> None:
+    conn.exec_driver_sql("CREATE INDEX ix_instances_scan_searchable ON instances (scan_id, searchable)")
+
+
+_V3_DDL = [
+    """CREATE TABLE segments (
+        id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+        filename VARCHAR NOT NULL UNIQUE,
+        factory VARCHAR NOT NULL,
+        ntotal INTEGER NOT NULL,
+        min_id INTEGER NOT NULL,
+        max_id INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        crc32 INTEGER NOT NULL,
+        edge_crc32 INTEGER NOT NULL,
+        created_at DATETIME NOT NULL
+    )""",
+    """CREATE TABLE tombstones (
+        id INTEGER NOT NULL PRIMARY KEY,
+        segment_id INTEGER NOT NULL REFERENCES segments (id) ON DELETE CASCADE
+    )""",
+    "CREATE INDEX ix_tombstones_segment ON tombstones (segment_id)",
+    "CREATE TABLE store_state (key VARCHAR NOT NULL PRIMARY KEY, value INTEGER NOT NULL)",
+    # the commit counter continues the generation numbers, so `stats` keeps counting up
+    "INSERT INTO store_state (key, value) VALUES ('commit', (SELECT COALESCE(MAX(id), 0) FROM generations))",
+    "ALTER TABLE instances ADD COLUMN segment_id INTEGER REFERENCES segments (id)",
+    "ALTER TABLE instances ADD COLUMN extent FLOAT NOT NULL DEFAULT 0",
+    "UPDATE instances SET extent = max(max_x - min_x, max_y - min_y, max_z - min_z)",
+    "CREATE INDEX ix_instances_filter ON instances (scan_id, searchable, segment_id, point_count, extent)",
+    "CREATE INDEX ix_instances_segment ON instances (segment_id)",
+    "ALTER TABLE scans ADD COLUMN points_size INTEGER",
+    "ALTER TABLE scans ADD COLUMN points_crc32 INTEGER",
+    # the old generation file becomes a stray: the next writer's recovery sees searchable instances
+    # without a segment and writes segments for them from the catalog's float16 vectors
+    "DROP TABLE generations",
+]
+
+
+def _migrate_v3(conn: Connection) -> None:
+    for stmt in _V3_DDL:
+        conn.exec_driver_sql(stmt)
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 
 #: Ordered (version, description, apply(connection)) steps; each runs in its own transaction together
 #: with the ``schema_version`` row that records it. Append new steps; never edit released ones.
 MIGRATIONS: list[Migration] = [
     (1, "initial schema", _migrate_v1),
+    (2, "covering index of searchable instances by scan", _migrate_v2),
+    (3, "segments, tombstones and the commit counter replace generations; extent; point file checksums", _migrate_v3),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -249,10 +330,26 @@ def _on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
+# SQLite result codes meaning the file itself is bad (not a busy or full disk): say so
+_DAMAGED = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
+
+
+def catalog_error(path: Path, exc: DBAPIError) -> CatalogError:
+    """A one-line :class:`CatalogError` naming ``path`` for a driver error (never the SQL statement)."""
+    orig = exc.orig if exc.orig is not None else exc
+    name = getattr(orig, "sqlite_errorname", None)
+    problem = str(orig).strip() or type(orig).__name__
+    if name in _DAMAGED:
+        problem = f"{problem}; the catalog is damaged or not a scenegrep catalog (move it away and re-index)"
+    return CatalogError(path, problem, name)
+
+
 class Catalog:
     """Engine + sessions + migrations for one ``catalog.sqlite``.
 
-    Use :meth:`open`; :meth:`transaction` yields an ORM session inside one SQLite transaction.
+    Use :meth:`open`; :meth:`transaction` yields an ORM session inside one SQLite transaction. Driver
+    errors (a damaged file, a full disk, a lock held too long) come out as :class:`CatalogError` naming
+    the file.
     """
 
     def __init__(self, path: Path, engine: Engine):
@@ -266,17 +363,24 @@ class Catalog:
 
         Raises:
             CatalogVersionError: the catalog is newer than this code, or older and ``migrate`` is False.
+            CatalogError: the file is damaged, not an SQLite database, or cannot be opened.
             StoreError: ``migrate`` is False and the file does not exist.
         """
         path = Path(path)
         if not migrate and not path.exists():
             raise StoreError(f"no catalog at {path}")
+        if not migrate and path.stat().st_size == 0:
+            # checked before connecting: connecting would turn the empty file into a WAL database
+            raise CatalogError(path, "empty file, not an initialised scenegrep catalog")
         engine = create_engine(f"sqlite:///{path}")
         event.listen(engine, "connect", _on_connect)
         event.listen(engine, "begin", _on_begin)
         catalog = cls(path, engine)
         try:
             catalog._check_and_migrate(migrate)
+        except DBAPIError as exc:
+            engine.dispose()
+            raise catalog_error(path, exc) from exc
         except BaseException:
             engine.dispose()
             raise
@@ -288,13 +392,19 @@ class Catalog:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One SQLite transaction: committed on normal exit, rolled back on an exception."""
-        with self._sessions() as session, session.begin():
-            yield session
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except DBAPIError as exc:
+            raise catalog_error(self.path, exc) from exc
 
     def schema_version(self) -> int:
         """Highest applied migration (0 for an empty file)."""
-        with self.engine.connect() as conn:
-            return self._version(conn)
+        try:
+            with self.engine.connect() as conn:
+                return self._version(conn)
+        except DBAPIError as exc:
+            raise catalog_error(self.path, exc) from exc
 
     @staticmethod
     def _version(conn: Connection) -> int:
@@ -314,6 +424,8 @@ class Catalog:
                 "upgrade scenegrep"
             )
         pending = [m for m in MIGRATIONS if m[0] > current]
+        if current == 0 and not migrate:
+            raise CatalogError(self.path, "holds no scenegrep schema, not an initialised scenegrep catalog")
         if pending and not migrate:
             raise CatalogVersionError(
                 f"{self.path} has schema version {current} (current is {SCHEMA_VERSION}); "

@@ -5,6 +5,9 @@ plain programming errors (wrong shape, wrong dtype) stay ``ValueError`` / ``Type
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
 from scenegrep.errors import ScenegrepError
 
 __all__ = [
@@ -15,6 +18,7 @@ __all__ = [
     "CatalogVersionError",
     "VectorIndexError",
     "StoreLockedError",
+    "CatalogError",
 ]
 
 
@@ -56,3 +60,17 @@ class VectorIndexError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process holds the home's writer lock."""
+
+
+class CatalogError(StoreError):
+    """``catalog.sqlite`` cannot be used: damaged, not a catalog, or not accessible.
+
+    Attributes:
+        path: the catalog file.
+        sqlite_error: SQLite's error name (e.g. ``SQLITE_NOTADB``, ``SQLITE_CORRUPT``), or None if unknown.
+    """
+
+    def __init__(self, path: Path | str, problem: str, sqlite_error: str | None = None):
+        self.path = Path(path)
+        self.sqlite_error = sqlite_error
+        super().__init__(problem, self.path)

@@ -22,7 +22,15 @@ import zlib
 
 import numpy as np
 
-__all__ = ["encode_indices", "decode_indices", "FORMAT_VERSION"]
+from scenegrep.storage.errors import StoreError
+
+__all__ = ["encode_indices", "decode_indices", "FORMAT_VERSION", "MaskBlobError"]
+
+
+class MaskBlobError(StoreError, ValueError):
+    """A stored mask blob that cannot be decoded (truncated, corrupted, unknown version).
+
+    A ``ValueError`` too, as :func:`decode_indices` has always raised."""
 
 FORMAT_VERSION = 1
 _MAGIC = 0xA7
@@ -76,25 +84,29 @@ def decode_indices(blob: bytes | bytearray | memoryview) -> np.ndarray:
         (n,) uint32, strictly increasing, exactly the indices that were encoded.
 
     Raises:
-        ValueError: the blob is truncated, corrupted, or of an unknown format version.
+        MaskBlobError: (a ValueError) the blob is truncated, corrupted, or of an unknown format version.
+        Nothing larger than the header's count promises is ever decompressed or allocated.
     """
     data = bytes(blob)
     if len(data) < _HEADER.size:
-        raise ValueError(f"mask blob truncated: {len(data)} bytes, header needs {_HEADER.size}")
+        raise MaskBlobError(f"mask blob truncated: {len(data)} bytes, header needs {_HEADER.size}")
     magic, version, code, count = _HEADER.unpack_from(data)
     if magic != _MAGIC:
-        raise ValueError(f"not a mask blob (magic byte 0x{magic:02x})")
+        raise MaskBlobError(f"not a mask blob (magic byte 0x{magic:02x})")
     if version != FORMAT_VERSION:
-        raise ValueError(f"mask blob format version {version} is not supported (this code reads {FORMAT_VERSION})")
+        raise MaskBlobError(f"mask blob format version {version} is not supported (this code reads {FORMAT_VERSION})")
     if code not in _DTYPES:
-        raise ValueError(f"mask blob has an unknown delta dtype code {code}")
-    try:
-        payload = zlib.decompress(data[_HEADER.size :])
-    except zlib.error as exc:
-        raise ValueError(f"mask blob corrupted: {exc}") from exc
+        raise MaskBlobError(f"mask blob has an unknown delta dtype code {code}")
     n_gaps = max(count - 1, 0)
-    if len(payload) != _FIRST.size + n_gaps * code:
-        raise ValueError(f"mask blob corrupted: payload of {len(payload)} bytes does not hold {count} indices")
+    expected = _FIRST.size + n_gaps * code
+    inflater = zlib.decompressobj()
+    try:
+        # at most one byte more than the header promises: a damaged count cannot make us inflate a bomb
+        payload = inflater.decompress(data[_HEADER.size :], expected + 1)
+    except zlib.error as exc:
+        raise MaskBlobError(f"mask blob corrupted: {exc}") from exc
+    if len(payload) != expected or not inflater.eof or inflater.unused_data:
+        raise MaskBlobError(f"mask blob corrupted: payload does not hold exactly {count} indices")
     if count == 0:
         return np.zeros(0, np.uint32)
     (first,) = _FIRST.unpack_from(payload)
@@ -105,5 +117,5 @@ def decode_indices(blob: bytes | bytearray | memoryview) -> np.ndarray:
     np.cumsum(gaps.astype(np.uint64) + 1, out=out[1:])
     out[1:] += np.uint64(first)
     if int(out[-1]) > _UINT32_MAX:
-        raise ValueError("mask blob corrupted: decoded index exceeds 2**32 - 1")
+        raise MaskBlobError("mask blob corrupted: decoded index exceeds 2**32 - 1")
     return out.astype(np.uint32)

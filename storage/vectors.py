@@ -7,57 +7,26 @@ Missing results: when fewer than ``k`` vectors are eligible (``k > ntotal`` or a
 the tail of each result row has id ``-1`` and score ``-inf`` (FAISS itself pads with ``-FLT_MAX``; it is
 turned into ``-inf`` here so no padding score can be mistaken for a real one).
 
-Files are written atomically with :func:`atomic_write`: a temp file in the same folder, flush + fsync,
-``os.replace``, then fsync of the folder so the rename itself survives a power loss.
+Files are written atomically with :func:`scenegrep.storage.fileio.atomic_write` (re-exported here): a
+temp file in the same folder, flush + fsync, ``os.replace``, then fsync of the folder so the rename itself
+survives a power loss; the file's mode follows the umask.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
-from collections.abc import Callable
 
 import faiss
 import numpy as np
 
 from scenegrep.storage.errors import NotFoundError, VectorIndexError
+from scenegrep.storage.fileio import atomic_write, fsync_dir  # re-exported: their old home
 
 __all__ = ["VectorIndex", "atomic_write", "fsync_dir"]
 
 log = logging.getLogger(__name__)
-
-
-def fsync_dir(folder: Path | str) -> None:
-    """fsync a directory so that renames / unlinks inside it are durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` all-or-nothing: ``write(f)`` fills a temp file beside it, which then replaces it.
-
-    The temp file is named ``.<name>.<random>.tmp`` in the same folder (so ``os.replace`` is atomic) and
-    is removed if ``write`` or the sync fails.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # also on KeyboardInterrupt: never leave a half-written temp file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def _as_ids(ids: np.ndarray | list[int] | int, what: str = "ids") -> np.ndarray:

@@ -18,7 +18,7 @@ SHARED = REPO.parent / "shared"
 def shared_dir() -> Path:
     """../shared beside the repo (design notes, real data, parity fixtures); skip when absent."""
     if not SHARED.is_dir():
-        pytest.skip("../shared is not present")
+        pytest.skip(f"../shared ({SHARED}) is not present: tests on real scans and parity fixtures need it")
     return SHARED
 
 
@@ -33,7 +33,7 @@ def openmask3d_fixture(shared_dir):
 
     root = shared_dir / "fixtures" / "openmask3d-features"
     if not (root / "expected.npz").is_file():
-        pytest.skip("OpenMask3D fixture not present")
+        pytest.skip(f"{root / 'expected.npz'} is not present (OpenMask3D's own feature outputs)")
     scene = root / "scene"
     v = PlyData.read(str(scene / "scene.ply"))["vertex"]
     pts = np.column_stack([v["x"], v["y"], v["z"]])
@@ -51,7 +51,7 @@ def openmask3d_fixture(shared_dir):
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A random-weight open_clip ViT (embed dim 64, 64 px) saved in open_clip's local-dir format."""
-    from scenegrep.indexer.features.tinyclip import write_local_dir_model
+    from scenegrep.testing import write_local_dir_model
 
     return write_local_dir_model(tmp_path_factory.mktemp("clip") / "tiny")
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from scenegrep.indexer.features.encoders import EncoderWeightsError, load_encoder
-from scenegrep.indexer.features.tinyclip import CONFIG_NAME, WEIGHTS_NAME, write_local_dir_model
+from scenegrep.testing import CONFIG_NAME, WEIGHTS_NAME, write_local_dir_model
 
 
 @pytest.fixture(scope="module")

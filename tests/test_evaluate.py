@@ -354,3 +354,100 @@ def test_pooled_scans_equal_one_concatenated_scan():
     for th in pooled.per_threshold:
         assert pooled.per_threshold[th] == pytest.approx(one.per_threshold[th], abs=1e-12)
     assert pooled.num_scans == 3
+
+
+# -- per-instance best IoU and ground truth from 2D label maps ---------------------------------------
+
+
+def test_per_instance_best_iou():
+    gt = np.zeros(1000, np.int32)
+    gt[0:200], gt[200:500], gt[500:550] = 1, 2, 7  # gt 7 is small (ignored by AP)
+    pred = _masks([r_(0, 150), r_(0, 250), r_(600, 700), r_(500, 540)], [0.9, 0.5, 0.1, 0.3], gt.size)
+    r = evaluate_masks(pred, gt, per_instance=True)
+    # gt 1: best of 150/200 and 200/250 -> 0.8; gt 2: 50/(250+300-50) = 0.1; gt 7: the 40-point prediction
+    # is discarded (< 100 points), so nothing evaluated overlaps it
+    assert r.instances == [
+        {"gt": 1, "points": 200, "best_iou": pytest.approx(0.8), "ignored": False},
+        {"gt": 2, "points": 300, "best_iou": pytest.approx(0.1), "ignored": False},
+        {"gt": 7, "points": 50, "best_iou": 0.0, "ignored": True},
+    ]
+    d = r.as_dict()
+    assert [set(i) for i in d["instances"]] == [{"gt", "points", "best_iou", "ignored"}] * 3
+    assert "instances" not in evaluate_masks(pred, gt).as_dict()
+    assert evaluate_masks(MaskSet.empty(gt.size), gt, per_instance=True).instances[0]["best_iou"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def labelled_scan(synth_scans, tmp_path_factory):
+    """A synthetic scan whose instance-filt maps are rendered from its scene; gt_instances.npy moved aside."""
+    import shutil
+
+    from scenegrep.indexer.labelmaps import write_synthetic_label_maps
+
+    path = tmp_path_factory.mktemp("lm") / synth_scans[0].name
+    shutil.copytree(synth_scans[0], path)
+    write_synthetic_label_maps(path)
+    gt = np.load(path / "gt_instances.npy")
+    (path / "gt_instances.npy").rename(path.parent / "gt_aside.npy")
+    return path, gt
+
+
+def test_ground_truth_from_label_maps_matches_the_3d_ground_truth(labelled_scan):
+    from scenegrep.indexer.evaluate import load_ground_truth
+    from scenegrep.indexer.scans import read_scan
+
+    path, gt3d = labelled_scan
+    scan = read_scan(path)
+    gt, source = load_ground_truth(scan)
+    assert source == f"label maps ({len(scan.frames)} frames)"
+    labelled = gt != 0
+    # every label the maps give a point is its 3D ground truth ...
+    assert (gt[labelled] == gt3d[labelled]).mean() >= 0.999
+    # ... and most object points are labelled (the rest are never seen by a frame: backs, undersides)
+    assert (gt[gt3d > 0] == gt3d[gt3d > 0]).mean() >= 0.7
+    assert set(np.unique(gt[labelled])) == set(np.unique(gt3d[gt3d > 0]))
+
+
+def test_evaluate_scan_dir_with_label_maps_and_per_instance(labelled_scan):
+    from scenegrep.indexer.proposals.lifted import LiftedProposer
+    from scenegrep.indexer.proposals.segmenters import LabelMapSegmenter
+
+    path, _ = labelled_scan
+    r = evaluate_scan_dir(path, LiftedProposer(LabelMapSegmenter()), per_instance=True)
+    assert r.gt_source.startswith("label maps") and r.as_dict()["gt_source"] == r.gt_source
+    assert r.ap50 >= 0.9 and all(i["best_iou"] > 0.5 for i in r.instances if not i["ignored"])
+
+
+def test_label_maps_missing_or_bad(synth_scans, tmp_path):
+    import shutil
+
+    from scenegrep.errors import ScenegrepError
+    from scenegrep.indexer.evaluate import load_ground_truth
+    from scenegrep.indexer.labelmaps import LabelMapError
+    from scenegrep.indexer.scans import read_scan
+
+    path = tmp_path / "s"
+    shutil.copytree(synth_scans[0], path)
+    (path / "gt_instances.npy").unlink()
+    with pytest.raises(LabelMapError, match="no label maps"):
+        load_ground_truth(read_scan(path))
+    (path / "instance-filt").mkdir()
+    (path / "instance-filt" / "0.png").write_bytes(b"garbage")
+    with pytest.raises(ScenegrepError, match="0.png"):
+        load_ground_truth(read_scan(path))
+
+
+def test_labelfusion_shelf_ground_truth_from_label_maps(shared_dir):
+    from scenegrep.indexer.evaluate import load_ground_truth
+    from scenegrep.indexer.proposals.lifted import LiftedProposer
+    from scenegrep.indexer.proposals.segmenters import LabelMapSegmenter
+    from scenegrep.indexer.scans import read_scan
+
+    scan = read_scan(shared_dir / "data" / "labelfusion-shelf")
+    gt, source = load_ground_truth(scan)
+    assert source == "label maps (15 frames)"
+    ids, counts = np.unique(gt[gt != 0], return_counts=True)
+    assert ids.tolist() == [48, 132] and (counts >= 100).all()
+    # the maps themselves as 2D masks, lifted and merged, give both objects back
+    r = evaluate_masks(LiftedProposer(LabelMapSegmenter()).propose(scan), gt, per_instance=True)
+    assert r.ap50 == pytest.approx(1.0) and [i["best_iou"] > 0.5 for i in r.instances] == [True, True]

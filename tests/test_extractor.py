@@ -11,7 +11,7 @@ from PIL import Image
 
 from scenegrep.indexer.features.encoders import load_encoder
 from scenegrep.indexer.features.extractor import FeatureConfig, InstanceFeatures, extract_features
-from scenegrep.indexer.features.tinyclip import write_local_dir_model
+from scenegrep.testing import write_local_dir_model
 from scenegrep.indexer.proposals.base import MaskSet
 from scenegrep.indexer.scans import Frame, Scan
 

@@ -20,25 +20,21 @@ from PIL import Image
 
 from scenegrep.indexer.features.extractor import FeatureConfig, extract_features
 from scenegrep.indexer.features.sam import (
-    SamArch,
     load_sam_refiner,
     prompt_point_indices,
-    register_sam_arch,
-    write_random_sam_checkpoint,
 )
+from scenegrep.testing import registered_sam_arch, tiny_sam_arch, write_random_sam_checkpoint
 from scenegrep.indexer.proposals.base import MaskSet
 from scenegrep.indexer.scans import read_scan
 
 TINY = "tiny-reference"
-TINY_ARCH = SamArch(24, 2, 2, (1,), image_size=128, patch_size=16, window_size=4, prompt_embed_dim=32,
-                    decoder_depth=2, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32,
-                    mask_in_chans=4)
+TINY_ARCH = tiny_sam_arch(24)
 
 
 @pytest.fixture(scope="module")
 def sam_file(tmp_path_factory):
-    register_sam_arch(TINY, TINY_ARCH)
-    return write_random_sam_checkpoint(tmp_path_factory.mktemp("sam") / "sam.pth", TINY, seed=1)
+    with registered_sam_arch(TINY, TINY_ARCH):
+        yield write_random_sam_checkpoint(tmp_path_factory.mktemp("sam") / "sam.pth", TINY, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -98,7 +98,7 @@ def test_parity_fixture_checkpoint_loads(shared_dir):
 def test_lightning_checkpoint_with_real_dictconfig(tmp_path, monkeypatch, caplog, with_scheduler):
     """A Lightning-1.7-style file pickling a real DictConfig (installed omegaconf) comes back as plain data,
     without omegaconf being imported or any of its unpickling code running."""
-    omegaconf = pytest.importorskip("omegaconf")
+    omegaconf = pytest.importorskip("omegaconf", reason="omegaconf (the test extra) is not installed")
     from omegaconf import OmegaConf, open_dict
 
     maker = _maker()
@@ -386,7 +386,7 @@ def test_resolve_interpolations_stays_linear_and_bounded():
 
 def test_hyper_parameters_stored_as_a_dictconfig(tmp_path):
     """Lightning stores ``hparams`` itself (plus ``hparams_type``) when the module's hparams are a DictConfig."""
-    pytest.importorskip("omegaconf")
+    pytest.importorskip("omegaconf", reason="omegaconf (the test extra) is not installed")
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"general": {"n": 201}, "model": {"num_classes": "${general.n}", "levels": [0, 1]}})

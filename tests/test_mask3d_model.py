@@ -19,7 +19,7 @@ from scenegrep.indexer.proposals.mask3d.convert import (
     strip_model_prefix,
 )
 from scenegrep.indexer.proposals.mask3d.model import Mask3D, _avg_pool
-from scenegrep.indexer.proposals.mask3d.random_checkpoint import random_mask3d_state
+from scenegrep.testing import random_mask3d_state
 from scenegrep.indexer.proposals.mask3d.voxelize import voxelize
 
 TINY_HPARAMS = {"config": {"model": {"hidden_dim": 32, "dim_feedforward": 64, "num_queries": 16, "num_heads": 4,

@@ -13,9 +13,9 @@ from scenegrep.indexer.proposals import make_proposer
 from scenegrep.indexer.proposals.base import MaskSet
 from scenegrep.indexer.proposals.mask3d.arch import tiny_arch
 from scenegrep.indexer.proposals.mask3d.checkpoint import Mask3DCheckpointError
-from scenegrep.indexer.proposals.mask3d.random_checkpoint import (
+from scenegrep.testing import (
     random_mask3d_state,
-    write_random_checkpoint,
+    write_random_mask3d_checkpoint,
 )
 from scenegrep.indexer.scans import Scan, read_scan
 from tests.test_cli import assert_one_line_error, run
@@ -23,7 +23,7 @@ from tests.test_cli import assert_one_line_error, run
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    return write_random_checkpoint(tmp_path_factory.mktemp("mask3d") / "tiny.ckpt", tiny_arch(num_queries=12), seed=3)
+    return write_random_mask3d_checkpoint(tmp_path_factory.mktemp("mask3d") / "tiny.ckpt", tiny_arch(num_queries=12), seed=3)
 
 
 def test_index_with_mask3d_end_to_end(home, synth_scans, tiny_clip_model, tiny_ckpt, tmp_path):

@@ -19,34 +19,27 @@ import torch
 from scenegrep.indexer.features.crops import ProjectedPointsRefiner, box_from_pixels
 from scenegrep.indexer.features.extractor import FeatureConfig, extract_features
 from scenegrep.indexer.features.sam import (
-    SamArch,
     SamCheckpointError,
     SamRefiner,
     load_sam_refiner,
     mask_box,
     prompt_point_indices,
-    register_sam_arch,
-    write_random_sam_checkpoint,
 )
+from scenegrep.testing import registered_sam_arch, tiny_sam_arch, write_random_sam_checkpoint
 from scenegrep.indexer.proposals.base import MaskSet
 from scenegrep.indexer.scans import read_scan
 from scenegrep.indexer.weights import WeightsFileError
 
 TINY = "tiny-test"
-TINY_ARCH = SamArch(32, 2, 2, (1,), image_size=128, patch_size=16, window_size=4, prompt_embed_dim=32,
-                    decoder_depth=2, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32,
-                    mask_in_chans=4)
+TINY_ARCH = tiny_sam_arch()
 OTHER = "tiny-test-wide"  # another registered size, to check the "wrong architecture" message
-OTHER_ARCH = SamArch(48, 3, 2, (2,), image_size=128, patch_size=16, window_size=4, prompt_embed_dim=32,
-                     decoder_depth=2, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32,
-                     mask_in_chans=4)
+OTHER_ARCH = tiny_sam_arch(48, 3, (2,))
 
 
 @pytest.fixture(scope="module")
 def sam_file(tmp_path_factory):
-    register_sam_arch(TINY, TINY_ARCH)
-    register_sam_arch(OTHER, OTHER_ARCH)
-    return write_random_sam_checkpoint(tmp_path_factory.mktemp("sam") / "tiny_sam.pth", TINY, seed=0)
+    with registered_sam_arch(TINY, TINY_ARCH), registered_sam_arch(OTHER, OTHER_ARCH):
+        yield write_random_sam_checkpoint(tmp_path_factory.mktemp("sam") / "tiny_sam.pth", TINY, seed=0)
 
 
 @pytest.fixture(scope="module")

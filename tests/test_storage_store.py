@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from sqlalchemy import inspect
 
+from scenegrep.errors import ScenegrepError
 from scenegrep.storage import (
+    CatalogError,
     CatalogVersionError,
     EncoderIdentity,
     EncoderMismatchError,
@@ -23,8 +28,12 @@ from scenegrep.storage import (
     StoreLockedError,
     VectorIndex,
 )
+from scenegrep.storage import errors as storage_errors
 from scenegrep.storage.catalog import Base, Catalog
-from scenegrep.storage.store import Store as StoreClass
+from scenegrep.storage import catalog as catalog_module
+from scenegrep.storage import commit as commit_module
+from scenegrep.storage.commit import Writer
+from scenegrep.storage.segments import Segments
 
 DIM = 8
 ENC = EncoderIdentity("tiny-clip", "test-weights", "ab" * 32, DIM, False, {"mean": [0.5]})
@@ -200,7 +209,10 @@ def test_is_unchanged_replace_and_exists(two_scans, home):
     assert returned.isdisjoint(old_ids) and new_ids <= returned
     assert_same_hits(store.search(QUERIES, 6), brute_force(store, QUERIES, 6))
     assert f"{old_id}.npz" not in files(home, "points")
-    assert len(files(home, "vectors")) == 1
+    # segments: the replacement added one segment; its 11 tombstones were over 30 % of the first segment,
+    # so the automatic policy rewrote that one without them (storage/merge.py)
+    st = store.stats()
+    assert len(files(home, "vectors")) == 2 and (st["segments"], st["tombstones"], st["vectors"]) == (2, 0, 14)
     assert store.verify() == []
 
 
@@ -253,9 +265,9 @@ def test_failure_before_commit_point_keeps_old_state(two_scans, home, monkeypatc
     before = store.search(QUERIES, 10)
     points_before, vectors_before = files(home, "points"), files(home, "vectors")
     if where == "save":
-        monkeypatch.setattr(VectorIndex, "save", _boom)
+        monkeypatch.setattr(commit_module, "write_segment", _boom)
     else:
-        monkeypatch.setattr(StoreClass, "_commit_generation", _boom)
+        monkeypatch.setattr(Segments, "_bump", _boom)  # inside the committing transaction
     with pytest.raises(OSError, match="injected"):
         store.add_scans([make_scan("c", 3), make_scan("a", 4)], ENC, replace=True)
     monkeypatch.undo()
@@ -270,7 +282,7 @@ def test_failure_before_commit_point_keeps_old_state(two_scans, home, monkeypatc
 
 def test_failed_first_write_records_no_encoder(home, monkeypatch):
     with Store.open(home) as store:
-        monkeypatch.setattr(VectorIndex, "save", _boom)
+        monkeypatch.setattr(commit_module, "write_segment", _boom)
         with pytest.raises(OSError):
             store.add_scans([make_scan("a", 1)], ENC)
         monkeypatch.undo()
@@ -284,8 +296,8 @@ def test_recovery_after_crash(two_scans, home, monkeypatch, caplog):
     store, _ = two_scans
     before = store.search(QUERIES, 10)
     # a crash between steps: the undo never runs
-    monkeypatch.setattr(StoreClass, "_undo_pending", lambda *a, **k: None)
-    monkeypatch.setattr(StoreClass, "_commit_generation", _boom)
+    monkeypatch.setattr(Writer, "_undo_pending", lambda *a, **k: None)
+    monkeypatch.setattr(Segments, "_bump", _boom)
     with pytest.raises(OSError):
         store.add_scans([make_scan("c", 3)], ENC)
     monkeypatch.undo()
@@ -294,7 +306,7 @@ def test_recovery_after_crash(two_scans, home, monkeypatch, caplog):
     (home / "vectors" / "gen-99.faiss").write_bytes(b"orphan")
     (home / "vectors" / ".gen-2.faiss.abc.tmp").write_bytes(b"temp")
     (home / "points" / "12345.npz").write_bytes(b"orphan")
-    with caplog.at_level(logging.WARNING, logger="storage"), Store.open(home) as again:
+    with caplog.at_level(logging.WARNING, logger="scenegrep.storage"), Store.open(home) as again:
         assert pending_rows(home) == 0
         assert len(files(home, "points")) == 2 and len(files(home, "vectors")) == 1
         assert again.search(QUERIES, 10) == before
@@ -302,29 +314,33 @@ def test_recovery_after_crash(two_scans, home, monkeypatch, caplog):
     assert "pending" in caplog.text and "gen-99.faiss" in caplog.text and "12345.npz" in caplog.text
 
 
+def _only_segment(home: Path) -> Path:
+    (path,) = sorted((home / "vectors").glob("seg-*.faiss"))
+    return path
+
+
 def test_ntotal_mismatch_triggers_rebuild(two_scans, home, caplog):
     store, _ = two_scans
     gen = store.stats()["generation"]
     victim = store.search(QUERIES[:1], 1)[0][0][0]
     store.close()
-    path = home / "vectors" / f"gen-{gen}.faiss"
-    damaged = VectorIndex.load(path, DIM)
-    damaged.remove([victim])
-    damaged.save(path)
-    with caplog.at_level(logging.WARNING, logger="storage"), Store.open(home) as again:
+    path = _only_segment(home)
+    damaged = faiss.read_index(str(path))
+    damaged.remove_ids(faiss.IDSelectorBatch(np.array([victim], np.int64)))
+    faiss.write_index(damaged, str(path))
+    with caplog.at_level(logging.WARNING, logger="scenegrep.storage"), Store.open(home) as again:
         assert "rebuilding" in caplog.text
         st = again.stats()
         assert st["generation"] == gen + 1 and st["vectors"] == 21
-        assert files(home, "vectors") == [f"gen-{gen + 1}.faiss"]
+        assert files(home, "vectors") == [_only_segment(home).name] != [path.name]
         assert_same_hits(again.search(QUERIES, 5), brute_force(again, QUERIES, 5))
         assert again.verify() == []
 
 
 def test_unreadable_generation_triggers_rebuild(two_scans, home):
     store, _ = two_scans
-    gen = store.stats()["generation"]
     store.close()
-    (home / "vectors" / f"gen-{gen}.faiss").write_bytes(b"garbage")
+    _only_segment(home).write_bytes(b"garbage")
     with Store.open(home) as again:
         assert again.stats()["vectors"] == 21
         assert again.verify() == []
@@ -418,6 +434,158 @@ def test_migrations_match_models(tmp_path):
         with catalog.engine.connect() as con:
             assert con.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert con.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert catalog.schema_version() == 1
+        assert catalog.schema_version() == 3
     finally:
         catalog.close()
+
+
+_V2_SCAN_COLUMNS = (
+    "id, name, source_path, content_hash, layout, point_count, frame_count, tags_json, info_json, status, "
+    "indexed_at, encoder_id"
+)
+_V2_INSTANCE_COLUMNS = (
+    "id, scan_id, mask_index, point_count, min_x, min_y, min_z, max_x, max_y, max_z, score, point_indices, "
+    "vector, searchable, thumbnail, best_frame"
+)
+
+
+def _downgrade_to_schema_2(home: Path, monkeypatch) -> None:
+    """Rewrite a home as release 2 left it: schema 2 and one ``vectors/gen-1.faiss`` generation."""
+    old = home / "catalog.v2.sqlite"
+    with monkeypatch.context() as m:
+        m.setattr(catalog_module, "MIGRATIONS", catalog_module.MIGRATIONS[:2])
+        m.setattr(catalog_module, "SCHEMA_VERSION", 2)
+        Catalog.open(old).close()
+    con = sqlite3.connect(old)
+    with con:
+        con.execute("ATTACH DATABASE ? AS cur", (str(home / "catalog.sqlite"),))
+        con.execute("INSERT INTO encoders SELECT * FROM cur.encoders")
+        con.execute(f"INSERT INTO scans ({_V2_SCAN_COLUMNS}) SELECT {_V2_SCAN_COLUMNS} FROM cur.scans")
+        con.execute(f"INSERT INTO instances ({_V2_INSTANCE_COLUMNS}) SELECT {_V2_INSTANCE_COLUMNS} FROM cur.instances")
+        rows = con.execute("SELECT id, vector FROM instances WHERE searchable ORDER BY id").fetchall()
+        con.execute("INSERT INTO generations VALUES (1, '2024-01-01 00:00:00', 'gen-1.faiss', ?, 1)", (len(rows),))
+    con.execute("DETACH DATABASE cur")
+    con.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to move into place
+    con.close()
+    ids = np.array([r[0] for r in rows], np.int64)
+    vecs = np.stack([np.frombuffer(r[1], "<f2").astype(np.float32) for r in rows])
+    for f in (home / "vectors").iterdir():
+        f.unlink()
+    VectorIndex.from_arrays(ids, vecs).save(home / "vectors" / "gen-1.faiss")
+    for f in home.glob("catalog.sqlite*"):
+        f.unlink()
+    old.rename(home / "catalog.sqlite")
+
+
+def test_v1_catalog_is_upgraded_by_a_writer(two_scans, home, monkeypatch):
+    store, _ = two_scans
+    before = store.search(QUERIES, 5)
+    store.close()
+    _downgrade_to_schema_2(home, monkeypatch)
+    with pytest.raises(CatalogVersionError, match="open it once for writing"):
+        Store.open(home, read_only=True)
+    with Store.open(home) as again:
+        assert again.search(QUERIES, 5) == before and again.verify() == []
+        assert again.is_unchanged("a", make_scan("a", 1)[0].content_hash)  # point checksums were recorded
+    with sqlite3.connect(home / "catalog.sqlite") as con:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
+    assert "ix_instances_scan_searchable" in names and "ix_instances_filter" in names
+    assert "gen-1.faiss" not in files(home, "vectors") and len(files(home, "vectors")) == 1
+
+
+def _corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes())
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "header-only":
+        path.write_bytes(data[:100])
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["random", "truncated", "header-only"])
+@pytest.mark.parametrize("read_only", [True, False])
+def test_corrupt_catalog_is_a_one_line_store_error(two_scans, home, how, read_only):
+    store, _ = two_scans
+    store.close()
+    catalog = home / "catalog.sqlite"
+    for companion in ("catalog.sqlite-wal", "catalog.sqlite-shm"):  # the writer checkpointed on close
+        assert not (home / companion).exists()
+    _corrupt(catalog, how)
+    kept = files(home, "points") + files(home, "vectors")
+    for _ in range(2):  # a failed writer open released the lock: the second try fails the same way
+        with pytest.raises(StoreError) as err:
+            Store.open(home, read_only=read_only)
+        msg = str(err.value)
+        assert isinstance(err.value, CatalogError) and isinstance(err.value, ScenegrepError)
+        assert msg.startswith(f"{catalog}: ") and "\n" not in msg
+        assert "damaged or not a scenegrep catalog" in msg
+        assert not any(word in msg for word in ("SELECT", "PRAGMA", "[SQL", "sqlalche.me"))
+    assert files(home, "points") + files(home, "vectors") == kept  # no recovery ran on a bad catalog
+
+
+def test_empty_catalog_never_wipes_the_home(two_scans, home):
+    store, _ = two_scans
+    store.close()
+    kept = files(home, "points") + files(home, "vectors")
+    (home / "catalog.sqlite").write_bytes(b"")
+    with pytest.raises(CatalogError, match="empty file") as err:
+        Store.open(home, read_only=True)
+    assert str(err.value).startswith(str(home / "catalog.sqlite"))
+    with pytest.raises(CatalogError, match="vector/point file") as err:
+        Store.open(home)
+    assert str(err.value).startswith(str(home / "catalog.sqlite")) and "\n" not in str(err.value)
+    assert files(home, "points") + files(home, "vectors") == kept
+    (home / "catalog.sqlite").unlink()
+    with pytest.raises(CatalogError, match="missing catalog"):
+        Store.open(home)
+    assert files(home, "points") + files(home, "vectors") == kept
+
+
+@pytest.mark.parametrize("bad_id", [99999999999999999999, 2**63, -(2**63) - 1, -5])
+def test_out_of_range_instance_id_is_not_found(two_scans, bad_id):
+    store, _ = two_scans
+    for read in (store.instance, store.instance_points, store.instance_vector, store.thumbnail):
+        with pytest.raises(NotFoundError) as err:
+            read(bad_id)
+        assert str(bad_id) in str(err.value) and "\n" not in str(err.value)
+    real = store.instances("a")[0].id
+    assert list(store.instances_by_ids([bad_id, real])) == [real]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_written_files_follow_the_umask(home, umask):
+    old = os.umask(umask)
+    try:
+        with Store.open(home) as store:
+            store.add_scans([make_scan("a", 1)], ENC)
+            store.add_scans([make_scan("b", 2)], ENC)  # a second generation replaces the first file
+    finally:
+        os.umask(old)
+    written = [home / "points" / f for f in files(home, "points")] + [home / "vectors" / f for f in files(home, "vectors")]
+    assert len(written) == 4  # two point files, two segments (one per commit)
+    for path in written + [home / "catalog.sqlite"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    for folder in (home, home / "points", home / "vectors"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask, folder
+
+
+def test_every_storage_error_has_the_one_root():
+    classes = [getattr(storage_errors, name) for name in storage_errors.__all__]
+    assert CatalogError in classes and len(classes) >= 8
+    for cls in classes:
+        assert issubclass(cls, StoreError) and issubclass(cls, ScenegrepError), cls
+
+
+def test_damaged_point_file_is_a_store_error(two_scans, home):
+    store, _ = two_scans
+    info = store.instances("a")[0]
+    path = home / "points" / f"{info.scan_id}.npz"
+    path.write_bytes(path.read_bytes()[:200])  # a truncated zip
+    for read in (lambda: store.instance_points(info.id), lambda: store.scan_points("a")):
+        with pytest.raises(StoreError, match="cannot read point file") as err:
+            read()
+        assert str(path) in str(err.value)

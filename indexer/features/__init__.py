@@ -4,7 +4,6 @@
 * :mod:`.crops`: crop boxes (``mask2box_multi_level``) and the 2D mask refiner seam;
 * :mod:`.sam`: SAM as the 2D mask refiner (checkpoint loading, one image embedding per frame);
 * :mod:`.encoders`: open_clip loading (offline) and :class:`EncoderSpec`;
-* :mod:`.tinyclip`: a tiny random model in ``local-dir:`` format for tests and demos;
 * :mod:`.extractor`: the stage, :func:`extract_features`.
 
 torch / open_clip are imported lazily (inside functions), so importing this package stays cheap.
@@ -33,17 +32,13 @@ from scenegrep.indexer.features.sam import (
     SamRefiner,
     load_sam_refiner,
     register_sam_arch,
-    write_random_sam_checkpoint,
 )
-from scenegrep.indexer.features.tinyclip import write_local_dir_model
 from scenegrep.indexer.features.visibility import Visibility, compute_visibility, project_points, visible_points
 
 __all__ = [
     "Box", "MaskRefiner", "ProjectedPointsRefiner", "box_from_pixels", "multi_level_boxes", "scale_box",
     "PRECISIONS", "ClipEncoder", "EncoderSpec", "EncoderWeightsError", "load_encoder",
     "SAM_ARCHS", "SamArch", "SamCheckpointError", "SamRefiner", "load_sam_refiner", "register_sam_arch",
-    "write_random_sam_checkpoint",
     "FeatureConfig", "InstanceFeatures", "extract_features",
-    "write_local_dir_model",
     "Visibility", "compute_visibility", "project_points", "visible_points",
 ]

@@ -6,7 +6,7 @@
   resolved from the local caches only, or the path of a checkpoint file;
 * ``"hf-hub:org/repo"``: config and weights from the Hugging Face cache only;
 * ``"local-dir:PATH"``: a folder with ``open_clip_config.json`` and ``open_clip_model.safetensors`` /
-  ``open_clip_pytorch_model.bin`` (what :func:`scenegrep.indexer.features.tinyclip.write_local_dir_model` writes).
+  ``open_clip_pytorch_model.bin`` (what :func:`scenegrep.testing.write_local_dir_model` writes).
 
 The indexer runs offline, so nothing here ever downloads: cached files are located with
 ``local_files_only`` look-ups before open_clip is called, and a missing weight raises
@@ -30,6 +30,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from scenegrep.choices import PRECISIONS
 from scenegrep.indexer.weights import sha256_file
 from scenegrep.errors import ScenegrepError
 
@@ -43,7 +44,6 @@ _DIR_WEIGHT_NAMES = (
     "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
     "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
 )
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 #: Seed of the random initialisation used with ``allow_random_weights`` (same model in every process).

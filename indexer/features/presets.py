@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scenegrep.errors import SettingsError
+from scenegrep.choices import PRESET_NAMES, SAM_MODELS
 from scenegrep.indexer.features.extractor import FeatureConfig
 
-#: SAM architectures of the ``segment_anything`` package.
-SAM_MODELS: tuple[str, ...] = ("vit_b", "vit_l", "vit_h")
 
 #: Preset fields that map one to one onto :class:`FeatureConfig` fields.
 _FEATURE_FIELDS: tuple[str, ...] = (
@@ -89,7 +89,7 @@ class Preset:
         """
         unknown = sorted(set(overrides) - set(self.settings()))
         if unknown:
-            raise ValueError(f"unknown preset setting(s) {', '.join(unknown)}; "
+            raise SettingsError(f"unknown preset setting(s) {', '.join(unknown)}; "
                              f"known: {', '.join(self.settings())}")
         return dataclasses.replace(self, **overrides) if overrides else self
 
@@ -101,15 +101,12 @@ class Preset:
         return FeatureConfig(**kwargs)
 
 
+# The project's feature defaults are FeatureConfig's own (declared once, there).
+_FEATURE_DEFAULTS = FeatureConfig()
+
 DEFAULT = Preset(
     name="default",
-    frame_step=None,
-    depth_threshold=0.2,
-    top_k=5,
-    crop_levels=3,
-    crop_expansion=0.1,
-    require_positive_depth=True,
-    renormalize=True,
+    **{f: getattr(_FEATURE_DEFAULTS, f) for f in _FEATURE_FIELDS},
     sam_model=None,
     sam_rounds=10,
     sam_points=5,
@@ -162,7 +159,7 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+        raise SettingsError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
 def preset_table_markdown() -> str:
@@ -188,16 +185,16 @@ def sam_model_for(checkpoint: Path | str, explicit: str | None, preset: Preset) 
     """
     if explicit is not None:
         if explicit not in SAM_MODELS:
-            raise ValueError(f"unknown SAM model {explicit!r}; choose one of {', '.join(SAM_MODELS)}")
+            raise SettingsError(f"unknown SAM model {explicit!r}; choose one of {', '.join(SAM_MODELS)}")
         return explicit
     name = Path(checkpoint).name.lower()
     named = [m for m in SAM_MODELS if re.search(rf"(^|[^a-z0-9]){m}([^a-z0-9]|$)", name)]
     if len(named) == 1:
         return named[0]
     if len(named) > 1:
-        raise ValueError(f"{checkpoint}: the file name names several SAM models ({', '.join(named)}); "
+        raise SettingsError(f"{checkpoint}: the file name names several SAM models ({', '.join(named)}); "
                          "pass --sam-model")
     if preset.sam_model is not None:
         return preset.sam_model
-    raise ValueError(f"{checkpoint}: cannot tell the SAM model from the file name; pass --sam-model "
+    raise SettingsError(f"{checkpoint}: cannot tell the SAM model from the file name; pass --sam-model "
                      f"{'|'.join(SAM_MODELS)}")

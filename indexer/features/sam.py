@@ -32,10 +32,8 @@ check; every problem is one :class:`SamCheckpointError` line naming the file.
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -44,7 +42,7 @@ import numpy as np
 
 from scenegrep.indexer.features.crops import Box, box_from_pixels, scale_box, scale_pixels
 from scenegrep.indexer.features.encoders import autocast_context, check_precision
-from scenegrep.indexer.weights import WeightsFileError, check_torch_file, sha256_file
+from scenegrep.indexer.weights import WeightsFileError, safe_torch_load, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -157,67 +155,6 @@ def build_sam(model_type: str) -> Any:
     return sam.eval()
 
 
-def write_random_sam_checkpoint(path: Path | str, model_type: str, *, seed: int = 0,
-                                mask_fraction: float | None = 0.05, positive_iou: float = 0.8,
-                                device: str = "cpu") -> Path:
-    """Save a random-weight SAM state dict of ``model_type`` to ``path`` (tests, benchmarks).
-
-    Weights are segment_anything's initialisation under ``torch.manual_seed(seed)``, except that tensors it
-    initialises to zero (positional embeddings) get small noise too, so every part of the model matters.
-
-    A plain random SAM predicts IoUs around 0 and masks covering half the image, so every view would
-    either fall back or get the whole image as its box. With ``mask_fraction`` set, two output biases
-    are calibrated on one seeded probe image: the mask logits get a constant offset (through one
-    upscaling channel made constant) so about ``mask_fraction`` of the pixels are foreground, and the
-    IoU head's bias so about ``positive_iou`` of the prompts predict an IoU above 0. The model is still
-    meaningless; it exists to run every branch of the real code path offline. The calibration runs the
-    image encoder once on ``device`` (ViT-H takes a minute on a small CPU; ``mask_fraction=None`` skips it).
-    """
-    import torch
-
-    path = Path(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = build_sam(model_type)
-        with torch.no_grad():
-            for p in sam.parameters():
-                if not p.any():
-                    p.normal_(0.0, 0.02)
-        if mask_fraction is not None:
-            _calibrate(sam, model_type, mask_fraction, positive_iou, seed, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(sam.to("cpu").state_dict(), path)
-    return path
-
-
-def _calibrate(sam: Any, model_type: str, mask_fraction: float, positive_iou: float, seed: int,
-               device: str) -> None:
-    """Shift a random SAM's mask logits and IoU predictions (see :func:`write_random_sam_checkpoint`)."""
-    import torch
-
-    dec = sam.mask_decoder
-    up = dec.output_upscaling[3]  # last ConvTranspose2d: its channel 0 becomes the constant GELU(10) = 10
-    with torch.no_grad():
-        up.weight[:, 0] = 0.0
-        up.bias[0] = 10.0
-        for mlp in dec.output_hypernetworks_mlps:
-            mlp.layers[-1].weight[0] = 0.0
-            mlp.layers[-1].bias[0] = 0.0
-    rng = np.random.default_rng(seed)
-    size = sam.image_encoder.img_size
-    image = np.repeat(np.repeat(rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8), 16, 0), 16, 1)
-    probe = SamRefiner(sam, model_type, device=device)
-    probe.embed(image)
-    coords = rng.integers(0, size, (32, 5, 2))
-    logits, iou = probe.decode(coords)
-    cut = float(np.quantile(logits.cpu().numpy(), 1.0 - mask_fraction))
-    bar = float(np.quantile(iou, 1.0 - positive_iou))
-    with torch.no_grad():
-        for mlp in dec.output_hypernetworks_mlps:
-            mlp.layers[-1].bias[0] = -cut / 10.0
-        dec.iou_prediction_head.layers[-1].bias -= bar
-
-
 # --------------------------------------------------------------------------------------------------
 # Checkpoint loading
 # --------------------------------------------------------------------------------------------------
@@ -235,21 +172,7 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with each failure turned into one SamCheckpointError line."""
     import torch
 
-    is_zip = check_torch_file(path, SamCheckpointError)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "pickle protocol 4": the outcome below says what matters
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):
-            raise SamCheckpointError(path, "holds Python objects other than tensors; refused "
-                                           "(loaded with weights_only=True)") from e
-        raise SamCheckpointError(path, "not a PyTorch checkpoint (unreadable pickle)") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        if "magic number" in str(e):  # a pickle, but not torch.save's legacy format
-            raise SamCheckpointError(path, "not a PyTorch checkpoint") from e
-        what = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SamCheckpointError(path, f"truncated or corrupt checkpoint ({what})") from e
+    obj = safe_torch_load(path, SamCheckpointError)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise SamCheckpointError(path, "not a SAM state dict (expected a dict of tensors)")
     return obj

@@ -371,3 +371,51 @@ def compute_visibility(
     log.debug("%s: visibility of %d masks in %d frames in %.2f s", scan.name, num_masks, num_views,
               vis_rec.seconds)
     return vis_rec
+
+
+def homogeneous_points(points: np.ndarray) -> np.ndarray:
+    """(4, N) float64 homogeneous coordinates of ``points`` (N, 3), transposed: build once per scan and pass
+    to :func:`frame_visible_pixels` for every frame."""
+    return _homogeneous_T(points)
+
+
+def frame_visible_pixels(
+    xh_T: np.ndarray,
+    frame: Frame,
+    depth: np.ndarray,
+    threshold: float = 0.2,
+    require_positive_depth: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The points visible in ``frame`` and the colour-image pixel each one falls on.
+
+    Visibility is the stage's own test (projection with ``frame.K_depth`` onto ``depth``, then
+    ``|depth - z| <= threshold``, see the module doc); the visible points are then projected again with
+    ``frame.K_color`` so that 2D masks made on the colour image can be read at their pixels. Visible
+    points falling outside the colour image are dropped.
+
+    Args:
+        xh_T: (4, N) from :func:`homogeneous_points`.
+        frame: the frame (its pose must be finite and invertible).
+        depth: (H, W) sensor depth in metres at the depth image's resolution.
+
+    Returns:
+        idx: (V,) int64 indices of the visible points, ascending.
+        pix: (V,) int64 row-major colour-image pixel ``v * W_color + u`` of each.
+
+    Raises:
+        numpy.linalg.LinAlgError: the pose is not finite or not invertible.
+    """
+    pose = np.asarray(frame.pose_c2w, dtype=np.float64)
+    if not np.all(np.isfinite(pose)):
+        raise np.linalg.LinAlgError("non-finite pose")
+    u, v, z = _project_h(xh_T, pose, frame.K_depth)
+    idx = np.flatnonzero(_visible(u, v, z, depth, threshold, require_positive_depth))
+    same_grid = tuple(frame.color_size) == (depth.shape[1], depth.shape[0]) and np.array_equal(
+        np.asarray(frame.K_color, np.float64), np.asarray(frame.K_depth, np.float64))
+    if same_grid:
+        uc, vc = u[idx], v[idx]
+    else:
+        uc, vc, _ = _project_h(xh_T[:, idx], pose, frame.K_color)
+    wc, hc = int(frame.color_size[0]), int(frame.color_size[1])
+    inside = (uc.astype(np.uint64, copy=False) < wc) & (vc.astype(np.uint64, copy=False) < hc)
+    return idx[inside], vc[inside] * wc + uc[inside]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
-from scenegrep.errors import InputFileError
+from scenegrep.errors import InputFileError, one_line
 
 if TYPE_CHECKING:
     from scenegrep.indexer.scans import Scan
@@ -182,19 +182,27 @@ class MaskSet:
 
     @classmethod
     def load_npz(cls, path: Path | str) -> "MaskSet":
+        """Read the project's sparse mask file; :class:`MaskFileError` naming it for anything wrong.
+
+        Every array's size is checked against the zip member holding it, and each member's size against
+        what deflate can produce from its compressed bytes, before anything is allocated.
+        """
         path = Path(path)
+        arrays = read_npz_arrays(path, _NPZ_KEYS)
+        n = arrays["num_points"]
+        if n.size != 1 or n.dtype.kind not in "iu" or not 0 <= int(n.reshape(-1)[0]) <= 2**32:
+            raise MaskFileError(path, f"inconsistent mask file: num_points must be one integer in [0, 2**32], "
+                                      f"got {n.dtype} {n.shape}")
+        for key, kinds in (("point_indices", "iu"), ("offsets", "iu"), ("scores", "iuf")):
+            a = arrays[key]
+            if a.ndim != 1 or a.dtype.kind not in kinds:
+                raise MaskFileError(path, f"inconsistent mask file: {key} must be a 1-D "
+                                          f"{'numeric' if 'f' in kinds else 'integer'} array, got {a.dtype} {a.shape}")
+        idx = arrays["point_indices"]
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= int(n.reshape(-1)[0])):
+            raise MaskFileError(path, "inconsistent mask file: a point index is outside [0, num_points)")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = {"point_indices", "offsets", "scores", "num_points"} - set(z.files)
-                if missing:
-                    raise MaskFileError(path, f"not a scenegrep mask file: missing {sorted(missing)}")
-                arrays = {k: z[k] for k in ("point_indices", "offsets", "scores", "num_points")}
-        except MaskFileError:
-            raise
-        except (OSError, ValueError, EOFError) as e:
-            raise MaskFileError(path, f"unreadable mask file ({e})") from e
-        try:
-            ms = cls(arrays["point_indices"], arrays["offsets"], arrays["scores"], int(arrays["num_points"]))
+            ms = cls(idx, arrays["offsets"], arrays["scores"], int(n.reshape(-1)[0]))
         except ValueError as e:
             raise MaskFileError(path, f"inconsistent mask file: {e}") from e
         # Each block must be strictly increasing (sorted, unique) within its mask.
@@ -206,6 +214,73 @@ class MaskSet:
         if np.any(bad):
             raise MaskFileError(path, "point indices are not sorted and unique within each mask")
         return ms
+
+
+_NPZ_KEYS = ("point_indices", "offsets", "scores", "num_points")
+#: deflate never expands more than 1032:1; a member claiming more than that is damaged.
+_DEFLATE_MAX_RATIO = 1032
+
+
+def read_npz_arrays(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named arrays of an ``.npz`` (numpy's zip of ``.npy`` files), read without trusting its sizes.
+
+    ``np.load`` allocates whatever a member's ``.npy`` header claims before reading it; here each claim is
+    checked against the bytes that are really there first, and object arrays (pickles) are refused.
+    Raises :class:`MaskFileError` naming the file.
+    """
+    import zipfile
+    import zlib
+
+    try:
+        file_size = path.stat().st_size
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            missing = [k for k in keys if f"{k}.npy" not in infos]
+            if missing:
+                raise MaskFileError(path, f"not a scenegrep mask file: missing {sorted(missing)}")
+            out = {}
+            for k in keys:
+                info = infos[f"{k}.npy"]
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise MaskFileError(path, f"unreadable mask file ({k}.npy uses zip compression method "
+                                              f"{info.compress_type}, not stored or deflate)")
+                limit = info.compress_size if info.compress_type == zipfile.ZIP_STORED else \
+                    _DEFLATE_MAX_RATIO * info.compress_size + 64
+                if info.compress_size > file_size or info.file_size > limit:
+                    raise MaskFileError(path, f"unreadable mask file ({k}.npy claims {info.file_size} bytes, more "
+                                              "than the file can hold: truncated or damaged)")
+                out[k] = _npy_from_bytes(path, k, zf.read(info))  # zipfile checks the CRC
+            return out
+    except MaskFileError:
+        raise
+    # zipfile and numpy's .npy reader raise all of these for damaged files (RuntimeError: encrypted member,
+    # NotImplementedError: unknown compression, zlib.error: bad deflate data).
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
+            NotImplementedError) as e:
+        raise MaskFileError(path, f"unreadable mask file ({type(e).__name__}: {one_line(e)[:200]})") from e
+
+
+def _npy_from_bytes(path: Path, key: str, raw: bytes) -> np.ndarray:
+    """One ``.npy`` member, its header checked against ``len(raw)`` before the array is allocated."""
+    import io
+    import math
+
+    fmt = np.lib.format
+    bio = io.BytesIO(raw)
+    version = fmt.read_magic(bio)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(bio)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(bio)
+    else:
+        raise MaskFileError(path, f"unreadable mask file ({key}.npy has .npy format version {version})")
+    if dtype.hasobject:
+        raise MaskFileError(path, f"unreadable mask file ({key}.npy holds Python objects; refused)")
+    need = math.prod(shape) * dtype.itemsize
+    if need > len(raw) - bio.tell():
+        raise MaskFileError(path, f"unreadable mask file ({key}.npy claims shape {shape} of {dtype}, "
+                                  f"{need} bytes, but holds {len(raw) - bio.tell()})")
+    return fmt.read_array(io.BytesIO(raw), allow_pickle=False)
 
 
 @runtime_checkable

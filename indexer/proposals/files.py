@@ -15,14 +15,14 @@ boolean one) of the whole matrix is made.
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scenegrep.errors import one_line
 from scenegrep.indexer.proposals.base import MaskFileError, MaskSet
+from scenegrep.indexer.weights import safe_torch_load
 
 if TYPE_CHECKING:
     from scenegrep.indexer.scans import Scan
@@ -54,20 +54,14 @@ def _numpy_safe_globals() -> list:
             *[(_reconstruct, name) for name in names]]
 
 
-def _torch_load(path: Path) -> Any:
-    import torch
+def _refused(message: str, is_zip: bool) -> str:
+    lines = message.strip().splitlines()
+    detail = next((ln.strip() for ln in lines if "Unsupported global" in ln), lines[0].strip() if lines else "")
+    return f"not a mask matrix (refused to unpickle: {one_line(detail)[:200]})"
 
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only refused a global: the file holds something other than an array or tensor
-        first = str(e).strip().splitlines()
-        detail = next((ln.strip() for ln in first if "Unsupported global" in ln), first[0] if first else "")
-        raise MaskFileError(path, f"not a mask matrix (refused to unpickle: {detail})") from e
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise MaskFileError(path, f"unreadable torch file ({type(e).__name__}: {first_line})") from e
+
+def _torch_load(path: Path) -> Any:
+    return safe_torch_load(path, MaskFileError, safe_globals=_numpy_safe_globals(), mmap=False, refused=_refused)
 
 
 def dense_to_maskset(dense: Any, path: Path | str) -> MaskSet:
@@ -86,15 +80,27 @@ def dense_to_maskset(dense: Any, path: Path | str) -> MaskSet:
                                       f"got {type(dense).__name__}")
         if dense.layout != torch.strided:
             raise MaskFileError(path, f"expected a dense tensor, got layout {dense.layout}")
+        if dense.ndim != 2:
+            raise MaskFileError(path, f"expected a (num_points, num_masks) matrix, got shape {tuple(dense.shape)}")
+        # A tensor's strides may repeat one stored value over any shape (stride 0): the matrix must be
+        # backed by as many bytes as it has values, or scanning it would take time the file does not justify.
+        if dense.numel() * dense.element_size() > dense.untyped_storage().nbytes():
+            raise MaskFileError(path, f"tensor of shape {tuple(dense.shape)} is not backed by its own data "
+                                      "(overlapping strides)")
         dense = dense.detach().cpu()
         if dense.dtype == torch.bfloat16:  # numpy has no bfloat16; 0 and 1 are exact in float32
             dense = dense.float()
-        dense = dense.numpy()  # shares memory with the tensor
+        try:
+            dense = dense.numpy()  # shares memory with the tensor
+        except (TypeError, RuntimeError) as e:  # dtypes numpy lacks (float8, complex32, ...)
+            raise MaskFileError(path, f"expected a numeric 0/1 matrix, got dtype {dense.dtype}") from e
     if dense.ndim != 2:
         raise MaskFileError(path, f"expected a (num_points, num_masks) matrix, got shape {tuple(dense.shape)}")
     if not (np.issubdtype(dense.dtype, np.number) or dense.dtype == np.bool_):
         raise MaskFileError(path, f"expected a numeric 0/1 matrix, got dtype {dense.dtype}")
     n, m = dense.shape
+    if n == 0 and m:
+        raise MaskFileError(path, f"mask matrix of shape {(n, m)} covers no points")
     blocks: list[np.ndarray] = []
     sizes = np.zeros(m, dtype=np.int64)
     for j in range(m):

@@ -16,6 +16,8 @@ Known variants, for names in logs (checkpoints are never matched against them):
 
 from __future__ import annotations
 
+from scenegrep.errors import ScenegrepError
+
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ KNOWN_BACKBONES: dict[tuple[tuple[int, ...], tuple[int, ...], int], str] = {
 }
 
 
-class ArchError(ValueError):
+class ArchError(ScenegrepError, ValueError):
     """The checkpoint's tensors and settings do not describe a Mask3D model this code can run."""
 
 

@@ -34,7 +34,6 @@ import pickle
 import re
 import struct
 import types
-import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from scenegrep.indexer.weights import WeightsFileError, check_torch_file, sha256_file
+from scenegrep.indexer.weights import WeightsFileError, check_torch_file, safe_torch_load, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +358,7 @@ def read_checkpoint(path: Path | str, *, mmap: bool = True) -> Mask3DCheckpointF
     """
     path = Path(path)
     is_zip = check_torch_file(path, Mask3DCheckpointError)
-    obj = _safe_load(path, is_zip=is_zip, mmap=mmap and is_zip)
+    obj = _safe_load(path, mmap=mmap and is_zip)
     layout, sd, top = _split(path, obj)
     stored = top.get("hyper_parameters")
     try:
@@ -382,37 +381,26 @@ def read_checkpoint(path: Path | str, *, mmap: bool = True) -> Mask3DCheckpointF
     return ckpt
 
 
-def _safe_load(path: Path, *, is_zip: bool, mmap: bool) -> Any:
-    """``torch.load(weights_only=True)`` with the allow-list mapped to the stand-ins; errors -> one line.
+def _safe_load(path: Path, *, mmap: bool) -> Any:
+    """:func:`safe_torch_load` with the allow-list mapped to the stand-ins; errors -> one line.
 
     Falls back to :class:`_RestrictedUnpickler` (same allow-list, same rules) only when torch's
     weights-only unpickler stops at a stack opcode it does not implement (POP, POP_MARK, DUP), as it
     does on a torch<2.3 OneCycleLR state (a self-referencing bound method pickles as REDUCE, POP, GET).
     """
-    try:
-        try:
-            with torch.serialization.safe_globals(_SAFE_GLOBALS), warnings.catch_warnings():
-                # A non-protocol-2 pickle makes torch warn before it fails; the error below says it all.
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as e:
-            m = re.search(r"Unsupported operand (\d+)", str(e))
-            if not (m and int(m.group(1)) in _STACK_OPCODES and is_zip):
-                raise
-            log.info("%s: torch's weights-only unpickler lacks pickle opcode %r (as a torch<2.3 OneCycleLR "
-                     "state needs); reading it with the restricted unpickler", path, bytes([int(m.group(1))]))
-            return torch.load(str(path), map_location="cpu", weights_only=False, mmap=mmap,
-                              pickle_module=_RESTRICTED_PICKLE)
-    except pickle.UnpicklingError as e:
-        raise Mask3DCheckpointError(path, _unpickling_problem(path, str(e), is_zip)) from e
-    except Exception as e:  # torch raises RuntimeError, struct.error, EOFError... for damaged files
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-        if "PytorchStreamReader" in first:
-            first = first.split(".")[0]
-        problem = f"is not a readable PyTorch checkpoint ({type(e).__name__}: {first})"
-        if "magic number" in first:
-            problem = "is a pickle but not a PyTorch checkpoint (no torch.save magic number)"
-        raise Mask3DCheckpointError(path, problem) from e
+
+    def fallback(e: pickle.UnpicklingError, is_zip: bool):
+        m = re.search(r"Unsupported operand (\d+)", str(e))
+        if not (m and int(m.group(1)) in _STACK_OPCODES and is_zip):
+            return None
+        log.info("%s: torch's weights-only unpickler lacks pickle opcode %r (as a torch<2.3 OneCycleLR "
+                 "state needs); reading it with the restricted unpickler", path, bytes([int(m.group(1))]))
+        return lambda: torch.load(str(path), map_location="cpu", weights_only=False, mmap=mmap,
+                                  pickle_module=_RESTRICTED_PICKLE)
+
+    return safe_torch_load(path, Mask3DCheckpointError, safe_globals=_SAFE_GLOBALS, mmap=mmap,
+                           refused=lambda message, is_zip: _unpickling_problem(path, message, is_zip),
+                           fallback=fallback)
 
 
 def _unpickling_problem(path: Path, message: str, is_zip: bool) -> str:

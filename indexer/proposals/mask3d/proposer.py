@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scenegrep.choices import MASK3D_POSTPROCESS, MASK3D_TOPK
 from scenegrep.indexer.proposals.base import MaskSet
 
 if TYPE_CHECKING:
@@ -25,9 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Post-processing modes, the first is the default.
-POSTPROCESS_MODES = ("default", "openmask3d", "mask3d")
-#: Mask3D's ``topk_per_image`` in its ScanNet200 configuration.
-MASK3D_TOPK = 750
+POSTPROCESS_MODES = MASK3D_POSTPROCESS
 
 
 @dataclass

@@ -20,10 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scenegrep.choices import MASK3D_COLORS
+from scenegrep.indexer.voxels import voxel_index
+
 #: ScanNet colour statistics used by Mask3D's SemanticSegmentationDataset (RGB, in [0, 1] units).
 SCANNET_COLOR_MEAN = (0.47793125906962, 0.4303257521323044, 0.3749598901421883)
 SCANNET_COLOR_STD = (0.2834475483823543, 0.27566157565723015, 0.27018971370874995)
-COLOR_MODES = ("scannet", "unit")
+COLOR_MODES = MASK3D_COLORS
 
 
 @dataclass
@@ -72,17 +75,13 @@ def voxelize(xyz: np.ndarray, rgb: np.ndarray, voxel_size: float = 0.02, color_m
         raise ValueError(f"colours {np.asarray(rgb).shape} do not match points {xyz.shape}")
     if not np.isfinite(xyz).all():
         raise ValueError("points contain NaN or inf")
-    grid = np.floor(xyz.astype(np.float64) / voxel_size).astype(np.int64)
-    # np.unique sorts by coordinate; re-rank the voxels by their first point to get ME's order.
-    _, first, inverse = np.unique(grid, axis=0, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    unique_map = first[order].astype(np.int64)
+    # float64 floor, voxels ordered by their first point: ME's sparse_quantize order
+    index = voxel_index(xyz, voxel_size, order="first")
+    unique_map = index.first
     return Voxels(
-        coords=grid[unique_map],
+        coords=index.coords,
         unique_map=unique_map,
-        inverse_map=rank[inverse.reshape(-1)].astype(np.int64),
+        inverse_map=index.inverse,
         features=normalize_colors(np.asarray(rgb)[unique_map], color_mode),
         raw_coords=xyz[unique_map].astype(np.float32),
     )

@@ -1,0 +1,136 @@
+"""The union proposer: rank-quantile scores, sparse point-set NMS, per-mask sources, naming lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scenegrep.indexer.proposals import make_proposer
+from scenegrep.indexer.proposals.base import MaskSet
+from scenegrep.indexer.proposals.union import (
+    SourcedMaskSet,
+    UnionProposer,
+    nms_keep,
+    parse_proposer_list,
+    rank_scores,
+)
+
+
+class Fixed:
+    """A proposer returning fixed masks."""
+
+    def __init__(self, name, masks):
+        self.name = name
+        self.masks = masks
+
+    def propose(self, scan):
+        return self.masks
+
+
+class FakeScan:
+    name = "fake"
+    num_points = 1000
+
+
+def _ms(blocks, scores, n=1000):
+    return MaskSet.from_lists([np.asarray(b) for b in blocks], scores, n)
+
+
+def test_rank_scores():
+    assert rank_scores(np.array([0.1, 5.0, 0.3])).tolist() == pytest.approx([1 / 3, 1.0, 2 / 3])
+    assert rank_scores(np.array([0.2, 0.2, 0.9])).tolist() == pytest.approx([2 / 3, 2 / 3, 1.0])
+    assert rank_scores(np.ones(4)).tolist() == [1.0] * 4
+    assert rank_scores(np.zeros(0)).size == 0
+
+
+def test_nms_keeps_the_best_of_duplicates():
+    ms = _ms([np.arange(100), np.arange(5, 100), np.arange(200, 300), np.arange(50, 150)], [0.5, 0.9, 0.1, 0.8])
+    # IoU(0, 1) = 0.95, IoU(1, 3) = 50/145, IoU(0, 3) = 50/150
+    assert nms_keep(ms, 0.5).tolist() == [1, 3, 2]
+    assert nms_keep(ms, 0.99).tolist() == [1, 3, 0, 2]
+    assert nms_keep(MaskSet.empty(10), 0.5).size == 0
+
+
+def test_union_pools_dedupes_and_records_sources():
+    a = Fixed("geometric", _ms([np.arange(100), np.arange(300, 420)], [0.2, 0.1]))
+    b = Fixed("lifted", _ms([np.arange(3, 100), np.arange(600, 700)], [50.0, 10.0]))
+    u = UnionProposer([a, b], iou_threshold=0.5)
+    out = u.propose(FakeScan())
+    assert isinstance(out, SourcedMaskSet) and out.num_points == 1000
+    # ranks: geometric [1, 0.5], lifted [1, 0.5]; the tie at 1 goes to the larger mask (geometric's 0..99)
+    assert [m.tolist()[:1] for m in out] == [[0], [300], [600]]
+    assert out.sources.tolist() == ["geometric", "geometric", "lifted"]
+    assert out.scores.tolist() == pytest.approx([1.0, 0.5, 0.5])
+    assert u.last_stats == {"geometric": {"masks": 2, "kept": 2, "seconds": pytest.approx(0, abs=1)},
+                            "lifted": {"masks": 2, "kept": 1, "seconds": pytest.approx(0, abs=1)}}
+    ident = u.identity()
+    assert [m["name"] for m in ident["members"]] == ["geometric", "lifted"] and ident["iou_threshold"] == 0.5
+
+
+def test_union_weights_and_checks():
+    a = Fixed("a", _ms([np.arange(100)], [1.0]))
+    b = Fixed("b", _ms([np.arange(100)], [1.0]))
+    out = UnionProposer([a, b], weights=[0.5, 1.0]).propose(FakeScan())
+    assert out.sources.tolist() == ["b"]
+    with pytest.raises(ValueError, match="distinct"):
+        UnionProposer([a, Fixed("a", a.masks)])
+    with pytest.raises(ValueError, match="at least one"):
+        UnionProposer([])
+    with pytest.raises(ValueError, match="points"):
+        UnionProposer([Fixed("c", _ms([np.arange(5)], None, n=10))]).propose(FakeScan())
+
+
+def test_sourced_maskset_select_and_file(tmp_path):
+    s = SourcedMaskSet.from_lists([np.arange(3), np.arange(5, 9)], [0.3, 0.7], 20)
+    assert s.sources.tolist() == ["", ""]  # MaskSet's constructors leave the source unknown
+    s = SourcedMaskSet(s.point_indices, s.offsets, s.scores, 20, np.array(["x", "y"]))
+    sel = s.select([1])
+    assert isinstance(sel, SourcedMaskSet) and sel.sources.tolist() == ["y"] and sel[0].tolist() == [5, 6, 7, 8]
+    s.save_npz(tmp_path / "m.npz")
+    back = MaskSet.load_npz(tmp_path / "m.npz")  # readers without sources still read the file
+    assert len(back) == 2 and np.array_equal(back.point_indices, s.point_indices)
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        assert z["sources"].tolist() == ["x", "y"]
+    with pytest.raises(ValueError, match="one entry per mask"):
+        SourcedMaskSet(s.point_indices, s.offsets, s.scores, 20, np.array(["x"]))
+
+
+def test_naming_lists_of_proposers():
+    assert parse_proposer_list("geometric+lifted") == ["geometric", "lifted"]
+    with pytest.raises(ValueError, match="empty"):
+        parse_proposer_list("geometric+")
+    with pytest.raises(ValueError, match="twice"):
+        parse_proposer_list("lifted+lifted")
+    u = make_proposer("geometric+lifted")
+    assert isinstance(u, UnionProposer) and [m.name for m in u.members] == ["geometric", "lifted"]
+    d = make_proposer("union")
+    assert [m.name for m in d.members] == ["geometric", "lifted"]
+    with pytest.raises(ValueError, match="not in the union"):
+        make_proposer("union", members=["geometric"], member_options={"lifted": {}})
+    with pytest.raises(ValueError, match="unknown proposer"):
+        make_proposer("geometric+nope")
+
+
+def test_union_of_geometric_and_lifted_on_a_synthetic_scan(synth_scans, tmp_path):
+    import shutil
+
+    from scenegrep.indexer.evaluate import evaluate_masks
+    from scenegrep.indexer.labelmaps import write_synthetic_label_maps
+    from scenegrep.indexer.proposals.segmenters import LabelMapSegmenter
+    from scenegrep.indexer.scans import read_scan
+
+    path = tmp_path / synth_scans[0].name
+    shutil.copytree(synth_scans[0], path)
+    write_synthetic_label_maps(path)
+    scan = read_scan(path)
+    gt = np.load(path / "gt_instances.npy")
+    u = make_proposer("union", members=["geometric", "lifted"],
+                      member_options={"lifted": {"segmenter": LabelMapSegmenter()}})
+    out = u.propose(scan)
+    assert set(out.sources.tolist()) <= {"geometric", "lifted"} and len(out) > 0
+    assert u.last_stats["lifted"]["kept"] > 0
+    # no two kept masks overlap above the threshold
+    iou = out.iou()
+    np.fill_diagonal(iou, 0)
+    assert iou.max() <= 0.5
+    assert evaluate_masks(out, gt).ap50 >= 0.5
