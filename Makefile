@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.scenegrep-installed
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,8 +14,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# tests/test_page_browser.py drives Debian's chromium through Playwright (Playwright's own browser download
+# cannot work here): install it when missing (as root, quietly); without root the test skips and says why.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the page test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing and this is not root: tests/test_page_browser.py will be skipped"; \
+	  fi; }
 
 demo: $(STAMP)
 	$(VENV)/bin/scenegrep --home scenegrep-home demo --out demo-out

@@ -96,8 +96,8 @@ def _err(msg: str) -> None:
 
 
 def _given(**options: Any) -> dict[str, Any]:
-    """Options the user gave (click leaves the others at None or False)."""
-    return {k: v for k, v in options.items() if v is not None and v is not False and v != ()}
+    """Options the user gave (click leaves the others at None, or () for repeatable ones)."""
+    return {k: v for k, v in options.items() if v is not None and v != ()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,6 +151,9 @@ def _encoder_options(default_model: str = "the home's own, else the preset's (Vi
 
 
 def _proposer_options(f: Callable) -> Callable:
+    f = click.option("--depth-check/--no-depth-check", "depth_check", default=None,
+                     help="7-Scenes style scans: keep a back-projected pixel only when a neighbouring frame's depth "
+                          "agrees with it (drops flying pixels) [default: on].")(f)
     f = click.option("--voxel-size", type=click.FloatRange(min=0.001, max=1.0), default=None,
                      help=f"Metres: voxel of the cloud back-projected from 7-Scenes style frames "
                           f"[default: {DEFAULT_VOXEL_SIZE}].")(f)
@@ -199,7 +202,7 @@ def _sam_weights_options(f: Callable) -> Callable:
 
 
 _PROPOSER_OPTIONS = ("proposer", "masks", "checkpoint", "mask3d_postprocess", "mask3d_topk", "mask3d_colors",
-                     "voxel_size", "segmenter", "sam_checkpoint", "sam_model")
+                     "voxel_size", "depth_check", "segmenter", "sam_checkpoint", "sam_model")
 
 
 def _proposer_settings(params: dict[str, Any], device: str) -> "scenegrep.IndexSettings":
@@ -350,6 +353,9 @@ def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: boo
 @click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=None,
               help="Only hits whose calibrated relevance (0..1, see README) is at least this.")
 @click.option("--templates", is_flag=True, help="Average a text query over a prompt-template ensemble.")
+@click.option("--nprobe", type=click.IntRange(1, 65536), default=None,
+              help="IVF lists visited in compressed vector segments [default: nlist/16, at least 16]; more is "
+                   "slower and closer to exact.")
 @_device_option
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @click.pass_context

@@ -131,12 +131,16 @@ class Collection:
             vectors; WeightsFileError / EncoderWeightsError: a checkpoint or CLIP's weights are unusable.
         """
         from scenegrep.indexer.features.encoders import load_encoder
-        from scenegrep.indexer.pipeline import IndexOptions, build_refiner, index_paths
+        from scenegrep.indexer.pipeline import (
+            IndexOptions, build_refiner, index_paths, scan_folders, unreadable_folders)
 
         self._require_writer("index")
         if settings is not None and options:
             raise SettingsError("pass either settings= or keyword options to index(), not both")
         settings = settings or IndexSettings.create(**options)
+        failed = unreadable_folders(paths)
+        if failed and len(failed) == len(scan_folders(paths)):
+            return failed  # nothing to index: say what is wrong with the paths before loading any model
         # SAM first: a bad SAM checkpoint fails in a second, before CLIP (possibly ViT-L) is loaded
         refiner = build_refiner(settings.sam_model, settings.sam_checkpoint, device=settings.device,
                                 precision=settings.precision, seed=settings.seed,
@@ -155,7 +159,8 @@ class Collection:
         job = IndexOptions(proposer=settings.proposer, masks=settings.masks,
                            proposer_options=settings.proposer_options(sam_refiner=refiner), features=settings.feature_config(),
                            refiner=refiner, preset=settings.preset.name, seed=settings.seed, force=settings.force,
-                           batch_size=settings.batch_size, voxel_size=settings.voxel_size)
+                           batch_size=settings.batch_size, voxel_size=settings.voxel_size,
+                           depth_check=settings.depth_check)
         outcomes = index_paths(paths, self._store, encoder, job, progress=progress)
         self._encoder = encoder
         self._engine = None
@@ -180,7 +185,8 @@ class Collection:
             min_score: drop hits whose calibrated ``relevance`` is below this (in [0, 1]).
             filters: ``scans``, ``tags`` (a hit's scan carries all of them), ``min_points``, ``max_points``,
                 ``min_extent``, ``max_extent`` (largest side of the box, metres), ``proposer``; applied
-                inside the vector search, so k hits come back whenever k match.
+                inside the vector search, so k hits come back whenever k match. ``nprobe``: IVF lists
+                visited in compressed segments (default: the store's, nlist / 16, at least 16).
         """
         options = self._search_options(all, min_score, filters)
         if isinstance(query, str):
@@ -208,6 +214,9 @@ class Collection:
     def _search_options(all: bool, min_score: float | None, filters: dict[str, Any]) -> dict[str, Any]:
         from scenegrep.storage.filters import InstanceFilter
 
+        nprobe = filters.pop("nprobe", None)
+        if nprobe is not None and not 1 <= int(nprobe) <= 65536:
+            raise SettingsError(f"{nprobe} is outside 1..65536", "--nprobe")
         if min_score is not None and not 0.0 <= float(min_score) <= 1.0:
             raise SettingsError(f"{min_score} is outside [0, 1]", "--min-score")
         given = {k: v for k, v in filters.items() if v is not None and v != () and v != []}
@@ -215,7 +224,7 @@ class Collection:
             flt = InstanceFilter(**given) if given else None
         except (TypeError, ValueError) as e:
             raise SettingsError(f"bad search filter: {e}") from None
-        return {"filter": flt, "fold": not all, "min_relevance": min_score}
+        return {"filter": flt, "fold": not all, "min_relevance": min_score, "nprobe": nprobe}
 
     def embed_text(self, text: str, templates: bool = False) -> "np.ndarray":
         """The (D,) unit vector the catalog's encoder gives ``text``."""

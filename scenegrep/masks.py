@@ -60,14 +60,15 @@ def _settings(settings: IndexSettings | None, options: dict[str, Any]) -> IndexS
 def _read(path: Path | str, settings: IndexSettings) -> "Scan":
     from scenegrep.indexer.scans import read_scan
 
-    return read_scan(path, voxel_size=settings.voxel_size)
+    return read_scan(path, voxel_size=settings.voxel_size, depth_check=settings.depth_check)
 
 
 def _propose(scan: "Scan", settings: IndexSettings) -> "MaskSet":
     from scenegrep.indexer.pipeline import IndexOptions, proposer_for
 
     job = IndexOptions(proposer=settings.proposer, masks=settings.masks,
-                       proposer_options=settings.proposer_options(), voxel_size=settings.voxel_size)
+                       proposer_options=settings.proposer_options(), voxel_size=settings.voxel_size,
+                       depth_check=settings.depth_check)
     return proposer_for(scan, job).propose(scan)
 
 
