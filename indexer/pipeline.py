@@ -56,6 +56,7 @@ class IndexOptions:
         batch_size: scans committed together as one vector-index generation.
         voxel_size: metres; voxel of the cloud back-projected from 7-Scenes style frames (part of the
             scan's content hash, recorded in the catalog).
+        depth_check: 7-Scenes style frames: keep only pixels a neighbouring frame's depth confirms.
     """
 
     proposer: str = "geometric"
@@ -68,6 +69,7 @@ class IndexOptions:
     force: bool = False
     batch_size: int = 8
     voxel_size: float = DEFAULT_VOXEL_SIZE
+    depth_check: bool = True
 
 
 @dataclass
@@ -168,6 +170,7 @@ def job_info(options: IndexOptions, encoder: Any, proposer: Any | None = None) -
         "device": str(getattr(encoder, "device", "cpu")),
         "seed": int(options.seed),
         "voxel_size": float(options.voxel_size),
+        "depth_check": bool(options.depth_check),
     }
     if proposer is not None:
         info["proposer_identity"] = component_identity(proposer)
@@ -238,6 +241,18 @@ def scan_folders(paths: Sequence[Path | str]) -> list[Path]:
     return out
 
 
+def unreadable_folders(paths: Sequence[Path | str]) -> list[ScanOutcome]:
+    """A failed outcome for each of ``paths`` that is neither a scan folder nor a folder holding scans
+    (checked from the file names only, so a job of wrong paths fails before any model is loaded)."""
+    out = []
+    for path in scan_folders(paths):
+        try:
+            detect_layout(path)
+        except ScanError as e:
+            out.append(ScanOutcome(path=path, error=str(e)))
+    return out
+
+
 def _is_scan(folder: Path) -> bool:
     try:
         detect_layout(folder)
@@ -300,7 +315,7 @@ def index_paths(
         try:
             t0 = time.perf_counter()
             report(path.name, "read", 0, 1)
-            scan = read_scan(path, voxel_size=options.voxel_size)
+            scan = read_scan(path, voxel_size=options.voxel_size, depth_check=options.depth_check)
             outcome.name = scan.name
             outcome.seconds["read"] = time.perf_counter() - t0
             report(scan.name, "read", 1, 1)

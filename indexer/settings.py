@@ -119,6 +119,8 @@ class IndexSettings:
         device: ``cpu`` or ``cuda`` for every model.
         voxel_size: metres; voxel of the cloud back-projected from 7-Scenes style frames (recorded, and
             part of the scan's content hash).
+        depth_check: 7-Scenes style scans: keep a back-projected pixel only when a neighbouring frame's
+            depth agrees with it (drops flying pixels and single noisy readings; recorded and hashed).
         force: re-index scans whose content hash is unchanged.
         batch_size: scans committed together.
     """
@@ -140,6 +142,7 @@ class IndexSettings:
     precision: str = "fp32"
     device: str = "cpu"
     voxel_size: float = DEFAULT_VOXEL_SIZE
+    depth_check: bool = True
     force: bool = False
     batch_size: int = 8
     extra_proposer_options: dict[str, Any] = field(default_factory=dict)

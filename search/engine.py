@@ -178,7 +178,7 @@ class SearchEngine:
 
     def search_vector(self, vector: np.ndarray, k: int = 10, *, filter: InstanceFilter | None = None,
                       scans: Sequence[str] | None = None, fold: bool = True, min_relevance: float | None = None,
-                      exclude: Sequence[int] = ()) -> list[Hit]:
+                      exclude: Sequence[int] = (), nprobe: int | None = None) -> list[Hit]:
         """The ``k`` instances most similar to a (D,) query vector (normalised here), best first.
 
         Args:
@@ -187,6 +187,8 @@ class SearchEngine:
             fold: fold near-duplicates of a better hit of the same scan into it (:mod:`.folding`).
             min_relevance: drop hits whose calibrated relevance is below this (:mod:`.relevance`).
             exclude: instance ids never returned (``like`` excludes the example).
+            nprobe: IVF lists visited per query in compressed segments (default: the store's setting);
+                more is slower and closer to exact search.
         """
         if not 1 <= k <= MAX_K:
             raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
@@ -206,7 +208,7 @@ class SearchEngine:
         plain = not fold and not skip and min_relevance is None
         fetch = want if plain else min(live, MAX_CANDIDATES, max(4 * want, want + 32))
         while True:
-            ranked = [(i, s) for i, s in self.store.search(q, fetch, filter=filter)[0] if i not in skip]
+            ranked = [(i, s) for i, s in self.store.search(q, fetch, filter=filter, nprobe=nprobe)[0] if i not in skip]
             cut = False
             if min_relevance is not None and calib is not None:
                 rel = calib(np.array([s for _, s in ranked], np.float64))

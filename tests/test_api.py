@@ -173,3 +173,11 @@ def test_lifted_and_union_settings(tmp_path):
                         ({"proposer": "lifted", "segmenter": "watershed"}, "--segmenter")]:
         with pytest.raises(SettingsError, match=re.escape(needle)):
             scenegrep.IndexSettings.create(**bad)
+
+
+def test_wrong_paths_are_reported_before_any_model_loads(home, tmp_path):
+    # The preset's ViT-L-14-336 weights are not here: a wrong path must say so, not "weights missing".
+    with scenegrep.open(home, write=True) as col:
+        (o,) = col.index([tmp_path / "no-such-scan"])
+    assert o.status == "failed" and "no-such-scan" in o.error and "no such folder" in o.error
+    assert not (home / "catalog.sqlite").exists()

@@ -224,9 +224,8 @@ def test_labelfusion_shelf_objects(shared_dir):
     """Best IoU of each of the two labelled objects (label 48: a bag of straws leaning on the bin's side
     wall; label 132: a box against its back wall), ground truth lifted from the label maps by
     :func:`scenegrep.indexer.evaluate.load_ground_truth` (projection, depth test, majority vote). The issue's
-    target is 0.5 each: NOT reached (measured 0.10 / 0.37 at the reader's default 2 cm voxels; the fused
-    cloud is thick and noisy, even the full hierarchy holds no region above 0.30 / 0.40). The floors guard
-    what works: the straws are a region of their own rather than part of one bin-floor mask."""
+    target is 0.5 each: met for the box since the reader's depth check (measured 0.358 / 0.511 at the
+    default 2 cm voxels; 0.148 / 0.373 without it), NOT for the straws."""
     root = shared_dir / "data" / "labelfusion-shelf"
     if not (root / "camera-intrinsics.txt").is_file():
         pytest.skip("labelfusion-shelf is not in ../shared/data")
@@ -238,7 +237,7 @@ def test_labelfusion_shelf_objects(shared_dir):
     for g in (48, 132):
         inside = gt == g
         best.append(max(inside[m].sum() / (inside.sum() + m.size - inside[m].sum()) for m in ms))
-    assert best[0] >= 0.08 and best[1] >= 0.33, best
+    assert best[0] >= 0.3 and best[1] >= 0.5, best
 
 
 def test_noise_rule_coarsens_only_noisy_clouds():
@@ -259,3 +258,33 @@ def test_noise_rule_coarsens_only_noisy_clouds():
         cfg.spacing_factor * point_spacing(noisy))
     thick = clean + np.c_[np.zeros((40000, 2)), rng.normal(0, 0.008, 40000)]
     assert choose_voxel_size(thick, cfg) == pytest.approx(cfg.spacing_factor * point_spacing(thick))
+
+
+def test_depth_check_drops_flying_pixels(tmp_path):
+    """Three frames of one wall 1 m away; frame 0 also holds a patch of stray readings at 0.6 m (flying
+    pixels). The depth check (:class:`~scenegrep.indexer.scans.DepthConsistency`) drops the stray patch,
+    which no other frame sees, and keeps the wall, which they all do; without it the patch stays."""
+    from PIL import Image
+
+    from scenegrep.indexer.scans import DepthConsistency, Frame, backproject_frames
+
+    K = np.array([[40.0, 0, 15.5], [0, 40.0, 11.5], [0, 0, 1]])
+    frames = []
+    for i in range(3):
+        depth = np.full((24, 32), 1000, np.uint16)
+        depth[::2, 1::2] = 0  # holes, as structured light leaves them
+        if i == 0:
+            depth[5:9, 5:9] = 600
+        pose = np.eye(4)
+        pose[0, 3] = 0.01 * i  # the camera slides 1 cm per frame
+        Image.fromarray(depth).save(tmp_path / f"d{i}.png")
+        Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(tmp_path / f"c{i}.png")
+        frames.append(Frame(i, tmp_path / f"c{i}.png", tmp_path / f"d{i}.png", pose, K, K, (32, 24), (32, 24)))
+    raw, _ = backproject_frames(frames, 0.0)
+    checked, _ = backproject_frames(frames, 0.0, DepthConsistency())
+    assert np.sum(np.abs(raw[:, 2] - 0.6) < 1e-3) == 16
+    assert not np.any(np.abs(checked[:, 2] - 0.6) < 1e-3)
+    wall = np.abs(raw[:, 2] - 1.0) < 1e-3
+    assert len(checked) >= 0.9 * wall.sum()  # the wall stays (only pixels near the image border may go)
+    one, _ = backproject_frames(frames[:1], 0.0, DepthConsistency())
+    assert len(one) == len(backproject_frames(frames[:1], 0.0)[0])  # one frame: nothing to check against

@@ -34,9 +34,10 @@ def test_each_row_names_exactly_the_options_of_its_command():
         cmd = cli.commands[name]
         named = set(_FLAG.findall(cell))
         options = [p for p in cmd.params if isinstance(p, click.Option)]
-        known = {o for p in options for o in p.opts}
+        names_of = {p.name: set(p.opts) | set(p.secondary_opts) for p in options}  # --x/--no-x: both
+        known = set().union(*names_of.values()) if names_of else set()
         assert named <= known, f"README names options `{name}` does not have: {sorted(named - known)}"
-        missing = [p.opts[-1] for p in options if not set(p.opts) & named]
+        missing = [p.opts[-1] for p in options if not names_of[p.name] & named]
         assert not missing, f"README's `{name}` row lacks {missing}"
         for arg in (p for p in cmd.params if isinstance(p, click.Argument)):
             shown = (arg.metavar or arg.name).upper()

@@ -404,8 +404,9 @@ def test_7scenes_frame_step_and_hash(tmp_path):
     depths = [np.full((6, 8), 1000 + 500 * i, np.uint16) for i in range(4)]
     colors = [np.zeros((6, 8, 3), np.uint8)] * 4
     root = make_7scenes(tmp_path / "s", depths, colors, [np.eye(4)] * 4)
-    every = read_scan(root, voxel_size=0)
-    half = read_scan(root, frame_step=2, voxel_size=0)
+    # four frames of one pose seeing a wall at four depths disagree: without the depth check
+    every = read_scan(root, voxel_size=0, depth_check=False)
+    half = read_scan(root, frame_step=2, voxel_size=0, depth_check=False)
     assert len(every.frames) == len(half.frames) == 4  # all frames listed either way
     assert every.num_points == 4 * 48 and half.num_points == 2 * 48
     assert sorted(np.unique(half.points[:, 2]).round(3)) == [1.0, 2.0]

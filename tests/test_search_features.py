@@ -168,3 +168,24 @@ def test_cli_search_modes(col, home, tmp_path):
     assert res.exit_code != 0 and "one of TEXT" in res.output
     res = CliRunner().invoke(cli, ["search", "chair", "--min-points", "100000", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout) == []
+
+
+def test_tag_filter_and_combined_filters(home, synth_scans, tiny_clip_model, tmp_path):
+    import shutil
+
+    tagged = tmp_path / "kitchen_scan"
+    shutil.copytree(synth_scans[0], tagged)
+    (tagged / "scan.json").write_text(json.dumps({"name": "kitchen-1", "tags": ["kitchen", "ground-floor"]}))
+    with scenegrep.open(home, write=True) as w:
+        w.index([tagged, synth_scans[1]], clip_model=tiny_clip_model)
+    with scenegrep.open(home) as c:
+        q = c.embed_text("a chair")
+        hits = c.search(q, k=500, all=True, tags=["kitchen"])
+        assert hits and {h.scan for h in hits} == {"kitchen-1"}
+        assert c.search(q, k=5, tags=["kitchen", "attic"]) == []  # every given tag must be present
+        rows = [d for d in c.instances("kitchen-1") if d.searchable and d.n_points >= 300]
+        both = c.search(q, k=500, all=True, tags=["kitchen"], min_points=300)
+        assert {h.id for h in both} == {d.id for d in rows}
+        assert c.search(q, k=3, nprobe=4)  # search settings pass through
+        with pytest.raises(ScenegrepError):
+            c.search(q, k=3, min_points=-1)
