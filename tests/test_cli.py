@@ -96,12 +96,21 @@ def test_bad_scan_is_one_line_and_others_still_indexed(home, synth_scans, tiny_c
     assert [s["name"] for s in scans] == [synth_scans[1].name]
 
 
-def test_one_line_errors(home, tmp_path, tiny_clip_model):
+def test_one_line_errors(home, tmp_path, tiny_clip_model, synth_scans):
     assert_one_line_error(run("search", "a chair", ok=False), "index")  # nothing indexed yet
     res = run("index", tmp_path / "nope", "--clip-model", tiny_clip_model, "-q", ok=False)
     assert res.exit_code == 1 and "nope" in res.stdout and "Traceback" not in res.output
-    assert_one_line_error(run("index", tmp_path, "--clip-model", "ViT-B-32", "--clip-pretrained", "openai",
+    # weights that are not here: one line saying how to provide them (or to allow random ones)
+    assert_one_line_error(run("index", synth_scans[0], "--clip-model", "ViT-B-32", "--clip-pretrained", "openai",
                               ok=False), "allow-random-weights")
+    # ... but a wrong path is reported as such, before any model is loaded
+    res = run("index", tmp_path, "--clip-model", "ViT-B-32", "--clip-pretrained", "openai", ok=False)
+    assert res.exit_code == 1 and f"FAILED     {tmp_path}" in res.stdout and "no known layout" in res.stdout
+    assert not (home / "catalog.sqlite").exists()  # a job that indexed nothing leaves no home behind
+    assert_one_line_error(run("export", 1, tmp_path / "x.ply", ok=False), "no scenegrep catalog", str(home))
+    from scenegrep.storage import Store
+
+    Store.open(home).close()  # an empty home: the instance is what is missing
     assert_one_line_error(run("export", 1, tmp_path / "x.ply", ok=False), "instance", "1")
 
 
