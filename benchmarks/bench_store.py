@@ -14,6 +14,10 @@ Per size N, in a fresh home:
    (``filtered_p50_ms``), and its peak RSS (``reader_rss_mb``);
 4. ``recall_at_10`` of those searches against exact numpy search over the stored (float16) vectors.
 
+``--workdir DIR --keep`` keeps each filled home (``DIR/home-N``, with the stored vectors in
+``DIR/stored-N.npz``); a later run with the same ``--workdir`` and sizes reuses it instead of filling
+again (steps 2-4 are measured afresh; ``fill_s`` / ``optimize_s`` are those of the original fill).
+
 Vectors are as hard as CLIP's (issue 9): v = normalize(0.5 m + 0.67 c_k + 0.55 e), one shared direction m,
 1,024 concept directions c_k drawn Zipf-like (p ~ k^-1.1), Gaussian noise e (std 1/sqrt(D)); queries come
 from the same model. Times are medians.
@@ -22,9 +26,11 @@ from the same model. Times are medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -114,10 +120,11 @@ def reader(home: str, queries_file: str, filter_scans: list[str], nprobe: int | 
     return {"open_s": open_s, "plain_s": plain, "filtered_s": filtered, "ids": ids, "rss_mb": rss}
 
 
-def run_size(n: int, args: argparse.Namespace, model: Model, workdir: Path) -> dict:
-    rng = np.random.default_rng(args.seed + n)
-    home = workdir / f"home-{n}"
-    enc = EncoderIdentity("bench", None, None, args.dim, True)
+def fill(
+    home: Path, n: int, args: argparse.Namespace, model: Model, rng: np.random.Generator, enc: EncoderIdentity
+) -> tuple[np.ndarray, np.ndarray, list[str], float, float, str]:
+    """Fill a fresh home to ``n`` instances (``--fill-batch`` scans per commit), then optimize() it.
+    Returns the stored (float16) vectors, their ids, the scan names, fill and optimize seconds, the factory."""
     stored = np.empty((n, args.dim), np.float16)
     ids = np.empty(n, np.int64)
     names: list[str] = []
@@ -134,10 +141,30 @@ def run_size(n: int, args: argparse.Namespace, model: Model, workdir: Path) -> d
                 stored[done : done + PER_SCAN] = np.stack([x.vector for x in insts]).astype(np.float16)
                 names.append(scan.name)
                 done += PER_SCAN
+            if done % 100_000 < PER_SCAN * args.fill_batch:
+                print(f"filled {done} in {time.perf_counter() - t_fill:.0f} s", file=sys.stderr, flush=True)
         fill_s = time.perf_counter() - t_fill
         t0 = time.perf_counter()
         opt = store.optimize()
         optimize_s = time.perf_counter() - t0
+    return stored, ids, names, fill_s, optimize_s, str(opt.factory)
+
+
+def run_size(n: int, args: argparse.Namespace, model: Model, workdir: Path) -> dict:
+    rng = np.random.default_rng(args.seed + n)
+    home = workdir / f"home-{n}"
+    enc = EncoderIdentity("bench", None, None, args.dim, True)
+    saved = workdir / f"stored-{n}.npz"
+    if saved.exists() and home.exists():  # a kept home (--keep): measure it again without refilling
+        with np.load(saved) as z:
+            stored, ids, names = z["stored"], z["ids"], [str(x) for x in z["names"]]
+            fill_s, optimize_s, factory = float(z["fill_s"]), float(z["optimize_s"]), str(z["factory"])
+        print(f"reusing {home} ({n} instances)", file=sys.stderr, flush=True)
+    else:
+        stored, ids, names, fill_s, optimize_s, factory = fill(home, n, args, model, rng, enc)
+        np.savez(saved, stored=stored, ids=ids, names=np.array(names), fill_s=fill_s, optimize_s=optimize_s,
+                 factory=np.array(factory))
+    with Store.open(home) as store:
         commit_s, commit_bytes, remove_s = [], [], []
         extra = [make_scan(f"x{r:03d}", model, rng) for r in range(args.repeats)]
         for scan in extra:
@@ -187,7 +214,8 @@ def run_size(n: int, args: argparse.Namespace, model: Model, workdir: Path) -> d
         "optimize_s": optimize_s,
         "index_types": st["index_types"],
         "commit_s_max": max(commit_s),
-        "optimize_factory": opt.factory,
+        "optimize_factory": factory,
+        "bench_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
     }
 
 
@@ -202,6 +230,7 @@ def main() -> None:
     ap.add_argument("--nprobe", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="where the homes go (default: a temp folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the filled homes in --workdir (reused next time)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--reader", help=argparse.SUPPRESS)
     ap.add_argument("--queries-file", help=argparse.SUPPRESS)
@@ -212,7 +241,14 @@ def main() -> None:
         return
     model = Model(args.dim, args.concepts, args.seed)
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.workdir) as tmp:
+    if args.keep and args.workdir is None:
+        ap.error("--keep needs --workdir")
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.workdir)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.workdir))
         for n in (int(x) for x in args.sizes.split(",")):
             results.append(run_size(n, args, model, Path(tmp)))
             print(json.dumps(results[-1]), flush=True)

@@ -37,7 +37,7 @@ __all__ = [
     "Hit", "HitPoints", "InstanceDetails", "ScanOutcome", "ScanInfo", "MaskSet", "MaskEvaluation",
     "ScenegrepError", "InputFileError", "SettingsError", "ScanError", "MaskFileError", "WeightsFileError",
     "EncoderWeightsError", "StoreError", "NotFoundError", "StoreLockedError", "EncoderMismatchError",
-    "__version__",
+    "FileAccessError", "__version__",
 ]
 
 #: public name -> module that defines it (imported on first access)
@@ -62,6 +62,7 @@ _LAZY: dict[str, str] = {
     "NotFoundError": "scenegrep.storage.errors",
     "StoreLockedError": "scenegrep.storage.errors",
     "EncoderMismatchError": "scenegrep.storage.errors",
+    "FileAccessError": "scenegrep.storage.errors",
 }
 
 

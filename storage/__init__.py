@@ -36,6 +36,7 @@ _EXPORTS = {
     "CatalogError": "errors",
     "VectorIndexError": "errors",
     "StoreLockedError": "errors",
+    "FileAccessError": "errors",
 }
 
 __all__ = list(_EXPORTS)
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
         CatalogError,
         CatalogVersionError,
         EncoderMismatchError,
+        FileAccessError,
         NotFoundError,
         ScanExistsError,
         StoreError,

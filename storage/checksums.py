@@ -50,7 +50,7 @@ def edge_crc32(f: BinaryIO, size: int) -> int:
     return crc
 
 
-def file_facts(path: Path) -> FileFacts:
+def file_facts(path: Path | str) -> FileFacts:
     """Size, full CRC-32 and edge CRC-32 of ``path`` (reads every byte once)."""
     crc = 0
     with open(path, "rb") as f:
@@ -61,13 +61,18 @@ def file_facts(path: Path) -> FileFacts:
     return FileFacts(size, crc, edge)
 
 
-def cheap_problem(path: Path, size: int, edge: int) -> str | None:
-    """None if ``path`` has the recorded size and edge CRC, else a one-line problem naming it."""
+def cheap_problem(path: Path, size: int, edge: int, *, read_from: Path | str | None = None) -> str | None:
+    """None if ``path`` has the recorded size and edge CRC, else a one-line problem naming it.
+
+    ``read_from``: read another name of the same file instead (e.g. ``/proc/self/fd/N`` of a descriptor
+    that keeps a deleted file alive); messages still name ``path``.
+    """
+    source = path if read_from is None else read_from
     try:
-        actual = os.stat(path).st_size
+        actual = os.stat(source).st_size
         if actual != size:
             return f"{path}: {actual} bytes, the catalog records {size} (truncated or overwritten)"
-        with open(path, "rb") as f:
+        with open(source, "rb") as f:
             if edge_crc32(f, size) != edge:
                 return f"{path}: checksum of its first/last {EDGE // 1024} KiB does not match the catalog (damaged)"
     except FileNotFoundError:
@@ -77,10 +82,11 @@ def cheap_problem(path: Path, size: int, edge: int) -> str | None:
     return None
 
 
-def full_problem(path: Path, size: int, crc: int) -> str | None:
-    """None if every byte of ``path`` matches the recorded size and CRC-32, else a one-line problem."""
+def full_problem(path: Path, size: int, crc: int, *, read_from: Path | str | None = None) -> str | None:
+    """None if every byte of ``path`` matches the recorded size and CRC-32, else a one-line problem
+    (``read_from``: as for :func:`cheap_problem`)."""
     try:
-        facts = file_facts(path)
+        facts = file_facts(path if read_from is None else read_from)
     except FileNotFoundError:
         return f"{path}: missing"
     except OSError as exc:

@@ -19,6 +19,7 @@ __all__ = [
     "VectorIndexError",
     "StoreLockedError",
     "CatalogError",
+    "FileAccessError",
 ]
 
 
@@ -74,3 +75,14 @@ class CatalogError(StoreError):
         self.path = Path(path)
         self.sqlite_error = sqlite_error
         super().__init__(problem, self.path)
+
+
+class FileAccessError(StoreError):
+    """The operating system refused a file operation on the home (permissions, a full disk, a read-only
+    file system, a file that vanished). Attributes: path (None when the OS named none), errno."""
+
+    def __init__(self, exc: OSError, home: Path | str | None = None):
+        self.path = exc.filename if exc.filename is not None else home
+        self.errno = exc.errno
+        problem = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+        super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)

@@ -2,9 +2,12 @@
 
 A merge reads the live vectors of the chosen segments from the catalog's float16 copies (tombstoned
 ones are gone from the catalog, so they are dropped), writes them as one new segment of the type their
-count calls for (storage/indextypes.py: Flat, or IVF trained on these very vectors), and commits in one
+count calls for (storage/indextypes.py: Flat, or IVF trained on a seeded sample of these very vectors),
+and commits in one
 transaction: the new row goes in, the instances point at it, the old rows (and their tombstones) go.
-Only then are the old files deleted. A crash before the commit leaves an orphan file the next writer's
+Only then are the old files deleted. The vectors stream: the ids first, then the training sample, then
+:data:`BATCH` vectors at a time into the index, so merging 1M 768-d vectors holds the SQ8 index (~0.8 GB)
+and one batch, not every vector as float32 (3 GB, plus copies). A crash before the commit leaves an orphan file the next writer's
 recovery deletes; after it, old files the recovery deletes likewise. Readers keep the files they mapped.
 
 Automatic policy (tiered, after Lucene's TieredMergePolicy, simplified):
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,16 +39,29 @@ from scenegrep.storage.fileio import unlink_quietly
 from scenegrep.storage.indextypes import factory_for
 from scenegrep.storage.reads import chunks
 from scenegrep.storage.records import VECTOR_DTYPE
-from scenegrep.storage.segfiles import SegmentMeta, write_segment
+from scenegrep.storage.indextypes import training_positions
+from scenegrep.storage.segfiles import SegmentMeta, write_segment_stream
 from scenegrep.storage.segments import Segments, Snapshot
 
-__all__ = ["Merger", "MergeReport", "plan_auto", "MERGE_FACTOR", "AUTO_MAX", "TOMBSTONE_RATIO"]
+__all__ = [
+    "Merger",
+    "MergeReport",
+    "plan_auto",
+    "live_ids",
+    "vector_batches",
+    "vectors_by_id",
+    "MERGE_FACTOR",
+    "AUTO_MAX",
+    "TOMBSTONE_RATIO",
+    "BATCH",
+]
 
 log = logging.getLogger(__name__)
 
 MERGE_FACTOR = 10
 AUTO_MAX = 250_000  # vectors: the largest segment an automatic merge writes
 TOMBSTONE_RATIO = 0.3
+BATCH = 50_000  # vectors per batch a merge adds to the new index (150 MB of float32 at 768-d)
 
 
 @dataclass
@@ -122,13 +139,21 @@ class Merger:
         assert snap is not None
         metas = [snap.segments[i] for i in segment_ids]
         dropped = sum(int(snap.tombstones.get(i, np.zeros(0)).size) for i in segment_ids)
-        with self._catalog.transaction() as s:
-            ids, vectors = live_vectors(s, segment_ids, snap.dim or 0)
+        dim = snap.dim or 0
         written: list[SegmentMeta] = []
         factory = None
-        if ids.size:
-            factory = factory_for(ids.size)
-            written.append(write_segment(self._segments.folder, ids, vectors, factory))
+        with self._catalog.transaction() as s:
+            ids = live_ids(s, segment_ids)
+            if ids.size:
+                factory = factory_for(ids.size)
+                pick = training_positions(factory, ids.size)
+                sample = vectors_by_id(s, ids[pick], dim) if pick is not None else None
+                written.append(
+                    write_segment_stream(
+                        self._segments.folder, factory, dim, sample, vector_batches(s, segment_ids, dim)
+                    )
+                )
+                del sample
 
         def apply(s: Session, new: list[int]) -> None:
             s.execute(
@@ -154,23 +179,41 @@ class Merger:
         return MergeReport(len(metas), dropped, int(ids.size), factory)
 
 
-def live_vectors(s: Session, segment_ids: list[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n,) int64 ids (ascending) and (n, D) float32 vectors of the live instances of these segments."""
+def live_ids(s: Session, segment_ids: list[int]) -> np.ndarray:
+    """(n,) int64 ids, ascending, of the live instances of these segments."""
     table = InstanceRow.__table__
-    id_parts: list[np.ndarray] = []
-    vec_parts: list[np.ndarray] = []
-    for chunk in chunks(segment_ids):
-        rows = (
-            s.connection()
-            .execute(select(table.c.id, table.c.vector).where(table.c.segment_id.in_(chunk)).order_by(table.c.id))
-            .all()
+    parts = [
+        np.fromiter(
+            s.connection().execute(select(table.c.id).where(table.c.segment_id.in_(chunk))).scalars(), np.int64
         )
-        if rows:
-            id_parts.append(np.fromiter((r[0] for r in rows), np.int64, count=len(rows)))
+        for chunk in chunks(segment_ids)
+    ]
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def vectors_by_id(s: Session, ids: np.ndarray, dim: int) -> np.ndarray:
+    """(len(ids), D) float32 stored vectors of these instances, in the order of ``ids`` (all must exist)."""
+    table = InstanceRow.__table__
+    out = np.empty((len(ids), dim), np.float32)
+    where = {int(i): n for n, i in enumerate(ids.tolist())}
+    for chunk in chunks(ids.tolist()):
+        for iid, blob in s.connection().execute(select(table.c.id, table.c.vector).where(table.c.id.in_(chunk))):
+            out[where[int(iid)]] = np.frombuffer(blob, VECTOR_DTYPE)
+    return out
+
+
+def vector_batches(
+    s: Session, segment_ids: list[int], dim: int, batch: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(ids, (n, D) float32 vectors)`` of the live instances of these segments, at most ``batch``
+    (default :data:`BATCH`) at a time: segment by segment, ascending ids within each (its index's order)."""
+    table = InstanceRow.__table__
+    size = batch or BATCH
+    for seg_id in sorted(segment_ids):
+        result = s.connection().execute(
+            select(table.c.id, table.c.vector).where(table.c.segment_id == seg_id).order_by(table.c.id)
+        )
+        while rows := result.fetchmany(size):
+            ids = np.fromiter((r[0] for r in rows), np.int64, count=len(rows))
             blob = b"".join(r[1] for r in rows)
-            vec_parts.append(np.frombuffer(blob, VECTOR_DTYPE).reshape(len(rows), dim).astype(np.float32))
-    if not id_parts:
-        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-    ids, vectors = np.concatenate(id_parts), np.concatenate(vec_parts)
-    order = np.argsort(ids, kind="stable")
-    return ids[order], vectors[order]
+            yield ids, np.frombuffer(blob, VECTOR_DTYPE).reshape(len(rows), dim).astype(np.float32)

@@ -2,8 +2,8 @@
 
 One read transaction per search: it syncs the snapshot (storage/segments.py), lists a filter's ids
 (storage/filters.py) and fetches re-ranking vectors, so everything a search sees belongs to one commit.
-Each segment is searched inside FAISS with an ``IDSelector``: the filter's ids of that segment (an
-``IDSelectorBatch``) or, unfiltered, everything but its tombstones (``IDSelectorNot``). Segments no
+Each segment is searched inside FAISS with an ``IDSelector``: the filter's ids of that segment (a
+bitmap, :func:`id_selector`) or, unfiltered, everything but its tombstones (``IDSelectorNot``). Segments no
 allowed id lives in are skipped. Approximate (IVF) segments return :data:`RERANK` x k candidates that are
 re-scored exactly with the catalog's float16 vectors, so every score is an exact cosine. ``k`` is clamped
 to the number of eligible vectors first, so a huge k never allocates more than the collection. The id
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scenegrep.storage.catalog import Catalog, InstanceRow
@@ -25,7 +24,7 @@ from scenegrep.storage.filters import InstanceFilter, filtered_ids
 from scenegrep.storage.indextypes import is_exact, search_params, threads_for
 from scenegrep.storage.reads import chunks
 from scenegrep.storage.records import VECTOR_DTYPE
-from scenegrep.storage.segments import Segments
+from scenegrep.storage.segments import RetiredSegmentError, Segments
 
 __all__ = ["Searcher", "SearchSettings", "normalized_queries", "RERANK"]
 
@@ -34,7 +33,9 @@ log = logging.getLogger(__name__)
 Hits = list[list[tuple[int, float]]]
 FILTER_CACHE = 8  # filters whose per-segment id selectors are kept (per commit)
 RERANK = 4  # candidates per wanted hit taken from an approximate segment, re-scored exactly
-_ATTEMPTS = 3  # a merge may delete a file this snapshot still names: re-sync and retry
+# a merge may delete a file between reading a snapshot and pinning it (storage/segments.py): search the
+# newer commit; each further attempt needs yet another writer commit inside that microsecond window
+_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class SearchSettings:
     """Approximate-search settings (see storage/indextypes.py for the defaults).
 
     Attributes:
-        nprobe: inverted lists visited per IVF segment; None: nlist / 16, at least 16.
+        nprobe: inverted lists visited per IVF segment; None: nlist / 32, at least 16.
         ef_search: efSearch of an HNSW coarse quantizer; None: 64 (at least nprobe).
     """
 
@@ -70,15 +71,42 @@ def normalized_queries(queries: np.ndarray) -> np.ndarray:
     return q / norms
 
 
-def exact_vectors(s: Session, ids: np.ndarray) -> dict[int, np.ndarray]:
-    """``{id: (D,) float32}`` from the catalog's float16 copies (missing ids are left out)."""
-    table = InstanceRow.__table__
-    out: dict[int, np.ndarray] = {}
+_VECTORS_SQL = "SELECT id, vector FROM {table} WHERE vector IS NOT NULL AND id IN ({marks})"
+
+
+def exact_vectors(s: Session, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique ``ids`` that have a stored vector and their (n, D) float32 vectors (the catalog's
+    float16 copies). Plain SQL and one bulk decode: this runs for every approximate search."""
+    found: list[int] = []
+    blobs: list[bytes] = []
     for chunk in chunks(np.unique(ids).tolist()):
-        stmt = select(table.c.id, table.c.vector).where(table.c.id.in_(chunk), table.c.vector.is_not(None))
-        for iid, blob in s.connection().execute(stmt).all():
-            out[int(iid)] = np.frombuffer(blob, VECTOR_DTYPE).astype(np.float32)
-    return out
+        sql = _VECTORS_SQL.format(table=InstanceRow.__tablename__, marks=",".join("?" * len(chunk)))
+        for iid, blob in s.connection().exec_driver_sql(sql, tuple(chunk)):
+            found.append(iid)
+            blobs.append(blob)
+    order = np.argsort(np.array(found, np.int64), kind="stable")
+    vectors = np.frombuffer(b"".join(blobs), VECTOR_DTYPE).reshape(len(found), -1) if found else None
+    if vectors is None:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return np.array(found, np.int64)[order], vectors[order].astype(np.float32)
+
+
+BITMAP_MAX_BYTES = 16 << 20  # an IDSelectorBitmap up to 16 MB (ids below 134M); a hashed batch above
+
+
+def id_selector(ids: np.ndarray) -> faiss.IDSelector:
+    """A FAISS selector of exactly ``ids`` (int64 >= 0). A bitmap over 0..max id when it is small: one
+    bit test per visited vector, several times cheaper than ``IDSelectorBatch``'s bloom filter and hash
+    set when a selective filter makes an IVF segment visit most of its lists."""
+    top = int(ids.max()) + 1 if ids.size else 0
+    if (top + 7) // 8 <= BITMAP_MAX_BYTES:
+        bits = np.zeros(top, bool)
+        bits[ids] = True
+        packed = np.packbits(bits, bitorder="little")
+        sel = faiss.IDSelectorBitmap(packed.size, faiss.swig_ptr(packed))  # its n counts bytes, not bits
+        sel.referenced = packed  # the selector points into this array: keep it alive as long as it
+        return sel
+    return faiss.IDSelectorBatch(ids)
 
 
 class Searcher:
@@ -105,10 +133,10 @@ class Searcher:
         for attempt in range(_ATTEMPTS):
             try:
                 return self._search_once(q, int(k), filter, settings)
-            except FileNotFoundError:
+            except RetiredSegmentError:
                 if attempt == _ATTEMPTS - 1:
                     raise
-                log.debug("a segment was retired during the search; searching the newer commit")
+                log.debug("a segment was retired before this snapshot pinned it; searching the newer commit")
         raise AssertionError("unreachable")
 
     def _search_once(self, q: np.ndarray, k: int, filt: InstanceFilter | None, settings: SearchSettings) -> Hits:
@@ -182,7 +210,7 @@ class Searcher:
             ids, seg_ids = ids[order], seg_ids[order]
             cuts = np.flatnonzero(np.diff(seg_ids)) + 1
             hit = {
-                int(p[0]): (i, faiss.IDSelectorBatch(i))
+                int(p[0]): (i, id_selector(i))
                 for p, i in zip(np.split(seg_ids, cuts), np.split(ids, cuts))
                 if p.size
             }
@@ -193,13 +221,19 @@ class Searcher:
 
     @staticmethod
     def _rescore(s: Session, q: np.ndarray, ids: np.ndarray, scores: np.ndarray, approx: np.ndarray) -> np.ndarray:
-        """Exact scores for the candidates that came from approximate segments."""
-        vectors = exact_vectors(s, approx)
+        """Exact scores for the candidates that came from approximate segments (-inf for one without a
+        stored vector, which a consistent catalog never has)."""
+        known, vectors = exact_vectors(s, approx)
         out = scores.copy()
-        for r in range(ids.shape[0]):
-            for c in np.flatnonzero(np.isin(ids[r], approx)):
-                v = vectors.get(int(ids[r, c]))
-                out[r, c] = float(q[r] @ v) if v is not None else -np.inf
+        rows, cols = np.nonzero(np.isin(ids, approx))
+        if not rows.size:
+            return out
+        cand = ids[rows, cols]
+        pos = np.minimum(np.searchsorted(known, cand), max(known.size - 1, 0))
+        ok = known[pos] == cand if known.size else np.zeros(cand.size, bool)
+        exact = np.full(cand.size, -np.inf, np.float32)
+        exact[ok] = np.einsum("ij,ij->i", q[rows[ok]], vectors[pos[ok]])
+        out[rows, cols] = exact
         return out
 
     @staticmethod

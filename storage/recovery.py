@@ -18,6 +18,7 @@ Every step logs a warning saying what it did.
 from __future__ import annotations
 
 import logging
+from itertools import chain
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
@@ -35,10 +36,10 @@ from scenegrep.storage.catalog import (
 )
 from scenegrep.storage.checksums import file_facts
 from scenegrep.storage.fileio import unlink_quietly
-from scenegrep.storage.indextypes import factory_for
-from scenegrep.storage.merge import live_vectors
+from scenegrep.storage.indextypes import factory_for, training_positions
+from scenegrep.storage.merge import BATCH, live_ids, vector_batches, vectors_by_id
 from scenegrep.storage.pointfiles import PointFiles
-from scenegrep.storage.segfiles import SegmentMeta, segment_problem, write_segment
+from scenegrep.storage.segfiles import SegmentMeta, segment_problem, write_segment_stream
 from scenegrep.storage.segments import Segments, commit_number
 
 __all__ = ["recover", "rebuild", "segment_count_problems"]
@@ -125,25 +126,32 @@ def rebuild(catalog: Catalog, segments: Segments, segment_ids: list[int], dim: i
     """Replace these segments (and give searchable instances without a segment one) by one new segment
     built from the catalog's float16 vectors, in one commit. Returns the vectors written."""
     table = InstanceRow.__table__
-    with catalog.transaction() as s:
-        ids, vectors = live_vectors(s, segment_ids, dim)
-        orphan_rows = (
+    written: list[SegmentMeta] = []
+    with catalog.transaction() as s:  # streamed like a merge (storage/merge.py): bounded memory at any size
+        owned = live_ids(s, segment_ids)
+        orphans = np.fromiter(
             s.connection()
             .execute(
-                select(table.c.id, table.c.vector)
+                select(table.c.id)
                 .join(ScanRow.__table__, ScanRow.id == table.c.scan_id)
                 .where(ScanRow.status == STATUS_INDEXED, table.c.searchable.is_(True), table.c.segment_id.is_(None))
                 .order_by(table.c.id)
             )
-            .all()
+            .scalars(),
+            np.int64,
         )
         retired = {r.id: r.filename for r in s.scalars(select(SegmentRow).where(SegmentRow.id.in_(segment_ids)))}
-    if orphan_rows:
-        extra_ids = np.array([r[0] for r in orphan_rows], np.int64)
-        extra = np.frombuffer(b"".join(r[1] for r in orphan_rows), "<f2").reshape(-1, dim).astype(np.float32)
-        ids, vectors = np.concatenate([ids, extra_ids]), np.concatenate([vectors, extra])
-    written = [write_segment(segments.folder, ids, vectors, factory_for(ids.size))] if ids.size else []
-    moved = ids.tolist()
+        ids = np.sort(np.concatenate([owned, orphans]))
+        if ids.size:
+            factory = factory_for(ids.size)
+            pick = training_positions(factory, ids.size)
+            sample = vectors_by_id(s, ids[pick], dim) if pick is not None else None
+            orphan_batches = (
+                (part, vectors_by_id(s, part, dim)) for part in np.array_split(orphans, -(-orphans.size // BATCH))
+            ) if orphans.size else iter(())
+            batches = chain(vector_batches(s, segment_ids, dim), orphan_batches)
+            written.append(write_segment_stream(segments.folder, factory, dim, sample, batches))
+    moved = orphans.tolist()  # the owned ones move with their segment_id below
 
     def apply(s: Session, new: list[int]) -> None:
         target = new[0] if new else None

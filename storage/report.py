@@ -32,7 +32,14 @@ __all__ = ["stats", "verify"]
 
 
 def _size(paths: Iterable[Path]) -> int:
-    return sum(p.stat().st_size for p in paths if p.is_file())
+    total = 0
+    for p in paths:
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except FileNotFoundError:  # deleted since it was listed (a writer's merge, a temp file renamed)
+            continue
+    return total
 
 
 def stats(layout: HomeLayout, catalog: Catalog, segments: Segments, encoder: EncoderIdentity | None) -> dict[str, Any]:
@@ -121,7 +128,7 @@ def verify(
                     continue
                 try:
                     stored = np.sort(_segment_ids(segments.folder, meta, dim))
-                except (VectorIndexError, FileNotFoundError) as exc:
+                except VectorIndexError as exc:
                     problems.append(str(exc))
                     continue
                 owned = s.connection().execute(select(table.c.id).where(table.c.segment_id == seg_id)).scalars().all()

@@ -6,12 +6,17 @@ changed; the catalog's ``segments`` row that makes it live records its factory s
 size and checksums (storage/checksums.py). Opening maps it into memory (``IO_FLAG_MMAP`` for inverted
 lists, ``IO_FLAG_MMAP_IFC`` for flat codes), so a reader's open costs almost nothing and only the pages
 a search touches become resident.
+
+A reader opens segment files through a descriptor it holds (:func:`fd_path`), so a file a writer's merge
+deletes stays readable for that reader as long as it needs it (storage/segments.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,9 +27,9 @@ import numpy as np
 from scenegrep.storage.checksums import CrcWriter, cheap_problem, edge_crc32, full_problem
 from scenegrep.storage.errors import VectorIndexError
 from scenegrep.storage.fileio import atomic_write
-from scenegrep.storage.indextypes import build_index
+from scenegrep.storage.indextypes import build_index, new_index, train_index
 
-__all__ = ["SegmentMeta", "write_segment", "open_segment", "segment_problem", "SEGMENT_GLOB"]
+__all__ = ["SegmentMeta", "write_segment", "write_segment_stream", "open_segment", "segment_problem", "fd_path", "SEGMENT_GLOB"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,13 @@ SEGMENT_GLOB = "seg-*.faiss"
 # inverted lists map with IO_FLAG_MMAP, flat codes with IO_FLAG_MMAP_IFC (FAISS refuses both at once)
 _MMAP_IVF = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
 _MMAP_FLAT = faiss.IO_FLAG_MMAP_IFC
+# a name that opens the file behind a descriptor, even once it is unlinked (Linux; /dev/fd elsewhere)
+_FD_FOLDER = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+
+
+def fd_path(fd: int) -> str:
+    """A path that opens the file this process holds open as ``fd`` (still works after an unlink)."""
+    return f"{_FD_FOLDER}/{fd}"
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,39 @@ def write_segment(folder: Path, ids: np.ndarray, vectors: np.ndarray, factory: s
     """
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     index = build_index(factory, ids, np.ascontiguousarray(vectors, dtype=np.float32))
+    return _write(folder, index, factory, int(len(ids)), int(ids.min()) if len(ids) else 0,
+                  int(ids.max()) if len(ids) else 0)
+
+
+def write_segment_stream(
+    folder: Path,
+    factory: str,
+    dim: int,
+    sample: np.ndarray | None,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+) -> SegmentMeta:
+    """Like :func:`write_segment`, with the vectors coming in ``(ids, vectors)`` batches, so a merge holds
+    one batch of float32 vectors plus the (compressed) index, not every vector at once.
+
+    ``sample``: the training vectors of an IVF factory (:func:`~scenegrep.storage.indextypes.training_positions`
+    of the ids in ascending order), None for Flat.
+    """
+    index = new_index(factory, dim)
+    if sample is not None:
+        train_index(index, factory, sample)
+    n, lo, hi = 0, None, None
+    for ids, vectors in batches:
+        if not len(ids):
+            continue
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        n += len(ids)
+        lo = int(ids.min()) if lo is None else min(lo, int(ids.min()))
+        hi = int(ids.max()) if hi is None else max(hi, int(ids.max()))
+    return _write(folder, index, factory, n, lo or 0, hi or 0)
+
+
+def _write(folder: Path, index: faiss.Index, factory: str, n: int, min_id: int, max_id: int) -> SegmentMeta:
     filename = f"seg-{secrets.token_hex(8)}.faiss"
     path = folder / filename
     crc: list[CrcWriter] = []
@@ -83,40 +128,44 @@ def write_segment(folder: Path, ids: np.ndarray, vectors: np.ndarray, factory: s
     atomic_write(path, write)
     with open(path, "rb") as f:
         edge = edge_crc32(f, crc[0].size)
-    log.debug("wrote segment %s: %d vectors, %s, %d bytes", filename, len(ids), factory, crc[0].size)
+    log.debug("wrote segment %s: %d vectors, %s, %d bytes", filename, n, factory, crc[0].size)
     return SegmentMeta(
         id=0,
         filename=filename,
         factory=factory,
-        ntotal=int(len(ids)),
-        min_id=int(ids.min()) if len(ids) else 0,
-        max_id=int(ids.max()) if len(ids) else 0,
+        ntotal=n,
+        min_id=min_id,
+        max_id=max_id,
         size_bytes=crc[0].size,
         crc32=crc[0].crc32,
         edge_crc32=edge,
     )
 
 
-def segment_problem(folder: Path, meta: SegmentMeta, *, full: bool) -> str | None:
-    """None if the segment file matches its catalog row (cheap: size + edges; full: every byte)."""
+def segment_problem(folder: Path, meta: SegmentMeta, *, full: bool, read_from: str | None = None) -> str | None:
+    """None if the segment file matches its catalog row (cheap: size + edges; full: every byte).
+    ``read_from``: another name of the same file to read (:func:`fd_path`); messages name the segment."""
     path = folder / meta.filename
     if full:
-        return full_problem(path, meta.size_bytes, meta.crc32)
-    return cheap_problem(path, meta.size_bytes, meta.edge_crc32)
+        return full_problem(path, meta.size_bytes, meta.crc32, read_from=read_from)
+    return cheap_problem(path, meta.size_bytes, meta.edge_crc32, read_from=read_from)
 
 
-def open_segment(folder: Path, meta: SegmentMeta, dim: int) -> faiss.Index:
+def open_segment(folder: Path, meta: SegmentMeta, dim: int, *, read_from: str | None = None) -> faiss.Index:
     """Memory-map a segment file and check it against its row (count, dimension).
 
+    ``read_from``: another name of the same file to map (:func:`fd_path` of a descriptor the caller holds).
+
     Raises:
-        FileNotFoundError: the file is gone (a merge retired it after the caller's snapshot).
-        VectorIndexError: FAISS cannot read it, or it holds another count or dimension. Names the file.
+        VectorIndexError: the file is missing, FAISS cannot read it, or it holds another count or
+            dimension. Names the file.
     """
     path = folder / meta.filename
-    if not path.exists():
-        raise FileNotFoundError(path)
+    source = str(path) if read_from is None else read_from
+    if not os.path.exists(source):
+        raise VectorIndexError(f"{path}: missing")
     try:
-        index = faiss.read_index(str(path), _MMAP_IVF if meta.factory.startswith("IVF") else _MMAP_FLAT)
+        index = faiss.read_index(source, _MMAP_IVF if meta.factory.startswith("IVF") else _MMAP_FLAT)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VectorIndexError(f"cannot read segment {path}: {first}") from exc

@@ -7,15 +7,36 @@ transaction saw: the live segments, their tombstones and the commit number. Read
 number (one indexed read) before each search and reload the snapshot when it moved, in the same read
 transaction that then fetches a filter's ids, so segments, tombstones and ids always agree.
 
-Checks (storage/checksums.py): taking a snapshot checks each new segment's size and edge CRC (cheap);
-the first time this process opens a segment for searching it checks the CRC of every byte once (segments
-are immutable, so once per process is enough), then memory-maps it. A failed check is a one-line
+Files a writer deletes under a reader (the race this module closes). A writer deletes a retired
+segment's file right after the commit that retired it (merge, optimize, repair); a reader may still be
+searching the snapshot before that commit. So loading a snapshot *pins* every segment file it names: it
+opens a descriptor to each new one at once, and maps and checks files only through those descriptors
+(:func:`~scenegrep.storage.segfiles.fd_path`). POSIX keeps an unlinked file's bytes alive while a
+descriptor is open, so once pinned, a reader's snapshot can be searched to the end whatever the writer
+does (the reader-lease idea of Lucene and LanceDB, with the kernel's open-file count as the lease). The
+pins of a segment are dropped when a newer snapshot no longer names it, and all on close; an idle reader
+therefore holds the disk space of files merged away since its last search until its next one.
+
+The one window left is between reading the segment rows and opening them: a file found missing there is
+told apart by the commit counter, read again in a fresh transaction:
+
+- the counter moved on: a writer retired it after this snapshot. The searches of this snapshot raise
+  :class:`RetiredSegmentError`, which the searcher (storage/query.py) answers by searching the newer
+  commit (a bounded number of times: each retry needs another writer commit inside the same window);
+- the counter did not move: the home is damaged (the catalog names a file nobody deleted on purpose).
+  Every search that needs it fails with a one-line :class:`DamagedSegmentError` naming it.
+
+Checks (storage/checksums.py): pinning checks each new segment's size and edge CRC (cheap); the first
+time this process searches a segment it checks the CRC of every byte once (segments are immutable, so
+once per process is enough), then memory-maps it. A failed check is a one-line
 :class:`DamagedSegmentError` naming the file for every search that needs it, never a silent wrong answer.
+Nothing here raises a bare ``OSError``: every problem is a :class:`~scenegrep.storage.errors.StoreError`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from itertools import chain
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,9 +50,9 @@ from sqlalchemy.orm import Session
 from scenegrep.storage.catalog import Catalog, EncoderRow, SegmentRow, StateRow, TombstoneRow
 from scenegrep.storage.errors import VectorIndexError
 from scenegrep.storage.fileio import unlink_quietly
-from scenegrep.storage.segfiles import SegmentMeta, open_segment, segment_problem
+from scenegrep.storage.segfiles import SegmentMeta, fd_path, open_segment, segment_problem
 
-__all__ = ["Segments", "Snapshot", "DamagedSegmentError", "commit_number"]
+__all__ = ["Segments", "Snapshot", "DamagedSegmentError", "RetiredSegmentError", "commit_number"]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +63,17 @@ class DamagedSegmentError(VectorIndexError):
     """A segment file does not match its catalog checksums; ``scenegrep verify --repair`` rebuilds it."""
 
 
+class RetiredSegmentError(VectorIndexError):
+    """A segment of this snapshot was retired by a newer commit and its file deleted before this process
+    pinned it: search the newer commit (storage/query.py does, a bounded number of times)."""
+
+
+_COMMIT_SQL = f"SELECT value FROM {StateRow.__tablename__} WHERE key = ?"
+
+
 def commit_number(s: Session) -> int:
-    """The number of the last commit (0 for a home never written)."""
-    return int(s.scalar(select(StateRow.value).where(StateRow.key == COMMIT_KEY)) or 0)
+    """The number of the last commit (0 for a home never written). Plain SQL: it runs before every search."""
+    return int(s.connection().exec_driver_sql(_COMMIT_SQL, (COMMIT_KEY,)).scalar() or 0)
 
 
 @dataclass
@@ -96,7 +125,7 @@ def _load_snapshot(s: Session) -> Snapshot:
 
 
 class Segments:
-    """The snapshot a store searches and the segment files it has open.
+    """The snapshot a store searches and the segment files it holds open (see the module docstring).
 
     Attributes:
         folder: ``<home>/vectors``.
@@ -107,32 +136,75 @@ class Segments:
         self.folder = folder
         self._catalog = catalog
         self.snapshot: Snapshot | None = None
+        self._pins: dict[str, int] = {}  # filename -> open descriptor (keeps a deleted file readable)
         self._open: dict[str, faiss.Index] = {}  # filename -> mapped index (checked in full once)
         self._damaged: dict[str, str] = {}  # filename -> one-line problem
+        self._retired: set[str] = set()  # files of this snapshot deleted by a newer commit before pinning
 
     def clear(self) -> None:
-        """Forget the snapshot and unmap every segment (on close)."""
+        """Forget the snapshot, unmap every segment and close every pin (on close)."""
         self.snapshot = None
         self._open.clear()
+        self._retired.clear()
+        for name in list(self._pins):
+            self._unpin(name)
 
     # -- reading ---------------------------------------------------------------------------------
 
     def sync(self, s: Session) -> bool:
-        """Bring the snapshot up to the commit ``s`` sees; True when it changed. Cheap when it did not."""
+        """Bring the snapshot up to the commit ``s`` sees and pin its files; True when it changed. Cheap
+        when it did not."""
         number = commit_number(s)
         if self.snapshot is not None and self.snapshot.commit == number:
             return False
         snap = _load_snapshot(s)
         live_files = {m.filename for m in snap.segments.values()}
-        for name in [n for n in self._open if n not in live_files]:
-            del self._open[name]  # unmapped; a merge deleted or will delete the file
-        for meta in snap.segments.values():  # the cheap check of every segment new to this process
-            if meta.filename not in self._open and meta.filename not in self._damaged:
-                problem = segment_problem(self.folder, meta, full=False)
-                if problem is not None and "missing" not in problem:  # missing: maybe retired meanwhile
-                    self._mark_damaged(meta, problem)
+        for name in [n for n in self._pins if n not in live_files]:
+            self._unpin(name)  # retired since the last snapshot: the mapping (if any) goes too
+        self._retired.clear()
+        missing: list[SegmentMeta] = []
+        for meta in snap.segments.values():  # pin and cheaply check every segment new to this process
+            if meta.filename in self._pins or meta.filename in self._damaged:
+                continue
+            problem = self._pin(meta)
+            if problem is None:
+                problem = segment_problem(self.folder, meta, full=False, read_from=fd_path(self._pins[meta.filename]))
+            if problem is None:
+                continue
+            if problem.endswith(": missing"):
+                missing.append(meta)
+            else:
+                self._mark_damaged(meta, problem)
+        if missing:
+            if self._latest_commit() != number:  # a writer retired them after this snapshot
+                self._retired.update(m.filename for m in missing)
+            else:  # the latest commit still names them: the home is damaged
+                for meta in missing:
+                    self._mark_damaged(meta, f"{self.folder / meta.filename}: missing")
         self.snapshot = snap
         return True
+
+    def _pin(self, meta: SegmentMeta) -> str | None:
+        """Open a descriptor to the segment's file; None, or a one-line problem (``...: missing``)."""
+        path = self.folder / meta.filename
+        try:
+            self._pins[meta.filename] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return f"{path}: missing"
+        except OSError as exc:
+            return f"{path}: cannot be read ({exc.strerror or exc})"
+        return None
+
+    def _unpin(self, name: str) -> None:
+        self._open.pop(name, None)
+        fd = self._pins.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _latest_commit(self) -> int:
+        """The commit number as of now (a fresh read transaction, not the caller's)."""
+        with self._catalog.transaction() as fresh:
+            return commit_number(fresh)
 
     def refresh(self) -> bool:
         """Follow a newer commit if there is one; True when the snapshot changed."""
@@ -142,6 +214,7 @@ class Segments:
     def _mark_damaged(self, meta: SegmentMeta, problem: str) -> None:
         log.error("%s", problem)
         self._damaged[meta.filename] = problem
+        self._unpin(meta.filename)
 
     def damaged(self) -> list[str]:
         """One line per live segment found damaged by this process so far."""
@@ -149,27 +222,34 @@ class Segments:
         return [p for name, p in self._damaged.items() if name in live]
 
     def index(self, meta: SegmentMeta) -> faiss.Index:
-        """The mapped FAISS index of a live segment (checked in full the first time).
+        """The mapped FAISS index of a segment of the current snapshot (checked in full the first time).
 
         Raises:
-            DamagedSegmentError: the file fails its checksums (one line naming it; repair rebuilds it).
-            FileNotFoundError: the file is gone (retired by a merge after this snapshot: re-sync, retry).
+            DamagedSegmentError: the file fails its checksums or is missing while the latest commit still
+                names it (one line naming it; repair rebuilds it).
+            RetiredSegmentError: a newer commit retired it and deleted its file before this snapshot
+                pinned it: search the newer commit.
             VectorIndexError: FAISS cannot read it.
         """
         index = self._open.get(meta.filename)
         if index is not None:
             return index
+        if meta.filename in self._retired:
+            raise RetiredSegmentError(f"{self.folder / meta.filename}: retired by a newer commit")
         problem = self._damaged.get(meta.filename)
+        fd = self._pins.get(meta.filename)
+        if problem is None and fd is None:  # not of this snapshot: a caller bug, not a file problem
+            raise VectorIndexError(f"{self.folder / meta.filename}: not a segment of commit "
+                                   f"{self.snapshot.commit if self.snapshot else None}")
         if problem is None:
-            problem = segment_problem(self.folder, meta, full=True)
-            if problem is not None and problem.endswith("missing"):
-                raise FileNotFoundError(self.folder / meta.filename)
+            assert fd is not None
+            problem = segment_problem(self.folder, meta, full=True, read_from=fd_path(fd))
             if problem is not None:
                 self._mark_damaged(meta, problem)
         if problem is not None:
             raise DamagedSegmentError(f"{problem}; searches cannot use it (run `scenegrep verify --repair`)")
-        assert self.snapshot is not None and self.snapshot.dim is not None
-        index = open_segment(self.folder, meta, self.snapshot.dim)
+        assert self.snapshot is not None and self.snapshot.dim is not None and fd is not None
+        index = open_segment(self.folder, meta, self.snapshot.dim, read_from=fd_path(fd))
         self._open[meta.filename] = index
         return index
 
@@ -216,7 +296,7 @@ class Segments:
             s.execute(update(StateRow).where(StateRow.key == COMMIT_KEY).values(value=n + 1))
 
     def delete_files(self, filenames: Iterable[str]) -> None:
-        """Delete retired segment files (after their commit; a reader that mapped one keeps its pages)."""
+        """Delete retired segment files (after their commit; a reader that pinned one keeps reading it)."""
         for name in filenames:
-            self._open.pop(name, None)
+            self._unpin(name)
             unlink_quietly(self.folder / name)

@@ -16,6 +16,7 @@ Each job lives in its own module; ``Store`` wires them together and keeps the pu
   :mod:`~scenegrep.storage.repair`: ``repair``;
 - :mod:`~scenegrep.storage.report`: ``stats`` and ``verify``; :mod:`~scenegrep.storage.sampling`: reference
   vectors and recall@10.
+- :mod:`~scenegrep.storage.guard`: every public method turns an escaping ``OSError`` into a ``FileAccessError``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from scenegrep.storage.catalog import Catalog
 from scenegrep.storage.commit import Writer
 from scenegrep.storage.errors import StoreError
+from scenegrep.storage.guard import raises_store_errors
 from scenegrep.storage.filters import InstanceFilter
 from scenegrep.storage.home import CATALOG_FILE, LOCK_FILE, HomeLayout, WriterLock, open_home
 from scenegrep.storage.merge import MergeReport
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 
+@raises_store_errors
 class Store:
     """A scenegrep home folder. Open with :meth:`open`; use as a context manager or call :meth:`close`.
 
@@ -61,7 +64,9 @@ class Store:
     ``add_scans`` / ``remove_scan`` / ``optimize`` / ``repair``. ``read_only=True`` takes no lock, never
     writes, reads nothing but the catalog's segment list on open (segment files are memory-mapped on first
     use) and follows a writer's newer commits before every search. Not safe for concurrent calls from
-    threads (open one Store per thread).
+    threads (open one Store per thread). Every error a method raises on purpose is a
+    :class:`~scenegrep.storage.errors.StoreError`; an operating-system error (permissions, a full disk)
+    comes out as :class:`~scenegrep.storage.errors.FileAccessError` naming the file.
 
     Attributes:
         home: the home folder.

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from scenegrep.storage.errors import NotFoundError, VectorIndexError
+from scenegrep.storage.guard import raises_store_errors
 from scenegrep.storage.fileio import atomic_write, fsync_dir  # re-exported: their old home
 
 __all__ = ["VectorIndex", "atomic_write", "fsync_dir"]
@@ -46,6 +47,7 @@ def _as_ids(ids: np.ndarray | list[int] | int, what: str = "ids") -> np.ndarray:
     return arr
 
 
+@raises_store_errors  # an OS error (a full disk on save) is a one-line FileAccessError
 class VectorIndex:
     """Exact inner-product search over ``(id, vector)`` pairs; see the module docstring for conventions.
 

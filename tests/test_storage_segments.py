@@ -325,3 +325,19 @@ def test_damaged_point_file(store, home, how):
     assert not_done == [] and len(done) == 1 and store.verify() == []
     assert store.is_unchanged("lab", scan.content_hash)
     np.testing.assert_array_equal(store.instance_points(info.id)[1], original.points[store.instance_points(info.id)[0]])
+
+
+def test_merge_streams_in_batches(tmp_path, monkeypatch):
+    """A merge adds its vectors batch by batch (bounded memory); the batch size changes nothing found."""
+    monkeypatch.setattr(indextypes, "FLAT_MAX", 1000)
+    results = []
+    for batch in (merge.BATCH, 37):
+        monkeypatch.setattr(merge, "BATCH", batch)
+        with Store.open(tmp_path / f"home-{batch}") as s:
+            for i in range(6):
+                s.add_scans([make_scan(f"s{i}", 100 + i, n_inst=300)], ENC)
+            s.remove_scan("s2")  # tombstones are dropped by the merge
+            report = s.optimize()
+            assert report.factory == "IVF64,SQ8" and report.vectors == s.vector_count() and s.verify() == []
+            results.append((report.vectors, s.search(QUERIES, 10)))
+    assert results[0] == results[1]

@@ -268,8 +268,9 @@ def test_failure_before_commit_point_keeps_old_state(two_scans, home, monkeypatc
         monkeypatch.setattr(commit_module, "write_segment", _boom)
     else:
         monkeypatch.setattr(Segments, "_bump", _boom)  # inside the committing transaction
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(StoreError, match="injected") as err:  # an OS error comes out as a StoreError
         store.add_scans([make_scan("c", 3), make_scan("a", 4)], ENC, replace=True)
+    assert isinstance(err.value.__cause__, OSError) and str(home) in str(err.value)
     monkeypatch.undo()
     assert store.search(QUERIES, 10) == before
     assert [s.name for s in store.scans()] == ["a", "b"]
@@ -283,7 +284,7 @@ def test_failure_before_commit_point_keeps_old_state(two_scans, home, monkeypatc
 def test_failed_first_write_records_no_encoder(home, monkeypatch):
     with Store.open(home) as store:
         monkeypatch.setattr(commit_module, "write_segment", _boom)
-        with pytest.raises(OSError):
+        with pytest.raises(StoreError):
             store.add_scans([make_scan("a", 1)], ENC)
         monkeypatch.undo()
         assert store.encoder() is None and store.scans() == []
@@ -298,7 +299,7 @@ def test_recovery_after_crash(two_scans, home, monkeypatch, caplog):
     # a crash between steps: the undo never runs
     monkeypatch.setattr(Writer, "_undo_pending", lambda *a, **k: None)
     monkeypatch.setattr(Segments, "_bump", _boom)
-    with pytest.raises(OSError):
+    with pytest.raises(StoreError):
         store.add_scans([make_scan("c", 3)], ENC)
     monkeypatch.undo()
     store.close()

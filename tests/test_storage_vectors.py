@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from scenegrep.storage.errors import NotFoundError, VectorIndexError
+from scenegrep.storage.errors import StoreError
 from scenegrep.storage.vectors import VectorIndex
 
 DIM = 16
@@ -147,7 +148,8 @@ def test_failed_save_leaves_previous_file(tmp_path, data, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(StoreError, match="disk full") as err:
         VectorIndex.from_arrays(ids, vecs).save(path)
+    assert isinstance(err.value.__cause__, OSError)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["v.faiss"]
