@@ -26,6 +26,7 @@ from scenegrep.indexer.scans import Scan, ScanError, detect_layout, read_scan
 from scenegrep.storage.records import EncoderIdentity, InstanceEntry, ScanEntry
 
 if TYPE_CHECKING:
+    from scenegrep.indexer.settings import EncoderChoice, IndexSettings
     from scenegrep.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,33 @@ def build_refiner(sam_model: str | None, sam_checkpoint: Path | str | None, *, d
                             rounds=rounds, points=points)
 
 
+def load_job(settings: "IndexSettings", choice: "EncoderChoice",
+             encoder: ClipEncoder | None = None) -> tuple[ClipEncoder, IndexOptions]:
+    """The models and options of a job, loaded once (by :meth:`scenegrep.Collection.index`, and by every
+    Ray worker).
+
+    SAM is loaded first, so a bad SAM checkpoint fails in a second, before CLIP (possibly ViT-L); CLIP is
+    ``choice`` (:meth:`IndexSettings.encoder_choice`), unless ``encoder`` already is that model.
+
+    Raises:
+        WeightsFileError / EncoderWeightsError: a checkpoint or CLIP's weights are unusable.
+    """
+    from scenegrep.indexer.features.encoders import load_encoder
+
+    refiner = build_refiner(settings.sam_model, settings.sam_checkpoint, device=settings.device,
+                            precision=settings.precision, seed=settings.seed,
+                            rounds=settings.preset.sam_rounds, points=settings.preset.sam_points)
+    if encoder is None or (encoder.spec.model, encoder.spec.pretrained) != (choice.model, choice.pretrained):
+        encoder = load_encoder(choice.model, choice.pretrained, device=settings.device,
+                               allow_random_weights=choice.allow_random_weights, precision=settings.precision)
+    options = IndexOptions(proposer=settings.proposer, masks=settings.masks,
+                           proposer_options=settings.proposer_options(sam_refiner=refiner),
+                           features=settings.feature_config(), refiner=refiner, preset=settings.preset.name,
+                           seed=settings.seed, force=settings.force, batch_size=settings.batch_size,
+                           voxel_size=settings.voxel_size, depth_check=settings.depth_check)
+    return encoder, options
+
+
 def _jsonable(value: Any) -> Any:
     """``value`` with paths, tuples and numpy scalars turned into JSON types (catalog info is JSON)."""
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
@@ -261,6 +289,200 @@ def _is_scan(folder: Path) -> bool:
     return True
 
 
+class ScanIndexer:
+    """The per-scan work of a job, with its models loaded once: read a scan folder, propose masks, extract
+    their features and turn them into storage records.
+
+    The sequential :func:`index_paths` runs one; every Ray worker (:mod:`scenegrep.indexer.distributed`)
+    holds one, so both paths compute a scan the same way, bit for bit. It never touches the store: what to
+    index and when to commit is the job's one writer's (:class:`ScanCommitter`).
+
+    Args:
+        encoder: the loaded CLIP encoder.
+        options: the job; a model proposer loads its checkpoint here, once.
+    """
+
+    def __init__(self, encoder: ClipEncoder, options: IndexOptions):
+        self.encoder = encoder
+        self.options = options
+        # "file" resolves a mask file per scan; every other proposer is one object for the whole job.
+        self.shared_proposer = (None if options.proposer == "file"
+                                else make_proposer(options.proposer, **options.proposer_options))
+        self.refiner = options.refiner or ProjectedPointsRefiner()
+        self.base_info = job_info(options, encoder, self.shared_proposer)
+
+    def read(self, path: Path, progress: ProgressFn | None = None) -> tuple[Scan, float]:
+        """(the scan at ``path``, seconds it took). Raises ScanError for bad input."""
+        report = progress or ignore_progress
+        t0 = time.perf_counter()
+        report(path.name, "read", 0, 1)
+        scan = read_scan(path, voxel_size=self.options.voxel_size, depth_check=self.options.depth_check)
+        report(scan.name, "read", 1, 1)
+        return scan, time.perf_counter() - t0
+
+    def process(self, scan: Scan, progress: ProgressFn | None = None) -> "ScanResult":
+        """Propose and featurise one read scan. Raises ScanError / MaskFileError for bad input."""
+        report = progress or ignore_progress
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        proposer = self.shared_proposer if self.shared_proposer is not None else proposer_for(scan, self.options)
+        report(scan.name, "propose", 0, 1)
+        masks = proposer.propose(scan)
+        seconds["propose"] = time.perf_counter() - t0
+        report(scan.name, "propose", 1, 1)
+
+        t0 = time.perf_counter()
+        feats = extract_features(
+            scan, masks, self.encoder, self.options.features,
+            progress=lambda stage, done, total, _n=scan.name: report(_n, f"features:{stage}", done, total),
+            refiner=self.refiner,
+        )
+        seconds["features"] = time.perf_counter() - t0
+
+        info = self.base_info
+        if self.shared_proposer is None:
+            info = {**self.base_info, "proposer_identity": component_identity(proposer)}
+        entry, instances = build_entries(scan, masks, feats, proposer.name, self.encoder.spec,
+                                         mask_method=self.refiner.name, extra_info=info)
+        searchable = int(np.count_nonzero(feats.valid))
+        note = None
+        if not scan.frames:
+            note = "no RGB-D frames: masks stored but not searchable until views exist"
+        elif searchable < len(instances):
+            note = f"{len(instances) - searchable} masks never visible: not searchable"
+        return ScanResult(entry, instances, searchable, note, seconds)
+
+
+@dataclass
+class ScanResult:
+    """One scan read, proposed and featurised: what its commit needs (numpy arrays, bytes and plain values,
+    so a Ray worker can hand it to the driver).
+
+    Attributes:
+        entry: the scan's record (points, colours, catalog info).
+        instances: one record per mask, in mask order.
+        searchable: masks that got a vector.
+        note: extra information for the user (see :attr:`ScanOutcome.note`).
+        seconds: wall time of "propose" and "features".
+    """
+
+    entry: ScanEntry
+    instances: list[InstanceEntry]
+    searchable: int
+    note: str | None
+    seconds: dict[str, float]
+
+
+#: The ``scan`` argument of the job-wide progress event ``progress(ALL_SCANS, "scans", done, total)``,
+#: sent each time a scan is finished (indexed, unchanged or failed). No scan has an empty name.
+ALL_SCANS = ""
+
+
+class ScanCommitter:
+    """The one writer of a job: decides which read scans need indexing and commits finished ones.
+
+    A scan name seen twice fails the second one;
+    a scan whose content hash is unchanged is skipped (unless ``force``); finished scans are committed
+    with :meth:`Store.add_scans` in batches of ``options.batch_size`` (one commit point per batch, so a scan
+    is visible whole or not at all).
+
+    Args:
+        store: the open, writable store.
+        identity: the job's encoder (checked against the catalog by the caller); None until known (a Ray
+            job learns it from its first worker), but set before the first commit.
+        options: the job (``force``, ``batch_size``).
+        folders: the job's scan folders (:func:`scan_folders`); :attr:`outcomes` has one per folder.
+        progress: the job's progress callback.
+    """
+
+    def __init__(self, store: "Store", identity: EncoderIdentity | None, options: IndexOptions,
+                 folders: Sequence[Path], progress: ProgressFn | None = None):
+        self.store = store
+        self.identity = identity
+        self.options = options
+        self.report = progress or ignore_progress
+        #: one per folder, in input order (failed until proven otherwise)
+        self.outcomes: list[ScanOutcome] = [ScanOutcome(path=p) for p in folders]
+        self._pending: list[tuple[ScanOutcome, ScanResult, bool]] = []
+        self._replace: dict[str, bool] = {}
+        self._seen: set[str] = set()
+        self._done = 0
+
+    def admit(self, outcome: ScanOutcome, scan_name: str, content_hash: str) -> bool:
+        """Whether the read scan ``scan_name`` needs indexing; False = unchanged (``outcome`` says so).
+
+        Raises:
+            ScanError: the name was already given in this job.
+        """
+        outcome.name = scan_name
+        if scan_name in self._seen:
+            raise ScanError(outcome.path, f"scan name {scan_name!r} given twice in one run")
+        self._seen.add(scan_name)
+        existing = self.store.find_scan(scan_name)
+        # the store also says 'changed' when the scan's stored point file is damaged: re-indexing repairs it
+        if existing is not None and self.store.is_unchanged(scan_name, content_hash) and not self.options.force:
+            outcome.status = "unchanged"
+            outcome.instances, outcome.searchable = existing.instances, existing.searchable
+            outcome.note = "unchanged since last index (use --force to re-index)"
+            self._finished()
+            return False
+        self._replace[scan_name] = existing is not None
+        return True
+
+    def release(self, outcome: ScanOutcome) -> None:
+        """Forget that ``outcome``'s scan was admitted (it is read again by another try)."""
+        if outcome.name is not None:
+            self._seen.discard(outcome.name)
+            self._replace.pop(outcome.name, None)
+        outcome.name = None
+        outcome.seconds.clear()
+
+    def add(self, outcome: ScanOutcome, result: ScanResult) -> None:
+        """Queue a finished scan; commit the batch once it is full."""
+        outcome.seconds.update(result.seconds)
+        outcome.instances = len(result.instances)
+        outcome.searchable = result.searchable
+        outcome.note = result.note
+        self._pending.append((outcome, result, self._replace[outcome.name or ""]))
+        if len(self._pending) >= self.options.batch_size:
+            self.flush()
+
+    def fail(self, outcome: ScanOutcome, error: Exception | str) -> None:
+        """Mark one scan failed (the others go on)."""
+        outcome.status = "failed"
+        outcome.error = str(error)
+        log.warning("%s", outcome.error)
+        self._finished()
+
+    def flush(self) -> None:
+        """Commit the queued scans."""
+        if not self._pending:
+            return
+        assert self.identity is not None, "the job's encoder is known before anything is committed"
+        # Replacements and fresh scans go in separate batches: add_scans takes one replace flag.
+        for replace in (False, True):
+            group = [p for p in self._pending if p[2] == replace]
+            if not group:
+                continue
+            t0 = time.perf_counter()
+            self.store.add_scans([(r.entry, r.instances) for _, r, _ in group], self.identity, replace=replace)
+            dt = time.perf_counter() - t0
+            for outcome, _, _ in group:
+                outcome.status = "indexed"
+                outcome.seconds["store"] = dt / len(group)
+                self.report(outcome.name or "", "store", 1, 1)
+                self._finished()
+        self._pending.clear()
+
+    def _finished(self) -> None:
+        self._done += 1
+        self.report(ALL_SCANS, "scans", self._done, len(self.outcomes))
+
+
+def ignore_progress(scan: str, stage: str, done: int, total: int) -> None:
+    """A :data:`ProgressFn` that draws nothing."""
+
+
 def index_paths(
     paths: Sequence[Path | str],
     store: "Store",
@@ -268,8 +490,8 @@ def index_paths(
     options: IndexOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> list[ScanOutcome]:
-    """Index every scan folder in ``paths`` into ``store``; return one outcome per scan folder (a folder
-    of scan folders stands for each of them, see :func:`scan_folders`).
+    """Index every scan folder in ``paths`` into ``store``, one scan after the other; return one outcome
+    per scan folder (a folder of scan folders stands for each of them, see :func:`scan_folders`).
 
     The encoder is checked against the catalog and the proposer is built (a model proposer loads its
     checkpoint once for the whole job) before any scan is read, so an
@@ -279,90 +501,14 @@ def index_paths(
     options = options or IndexOptions()
     identity = encoder_identity(encoder.spec)
     store.check_encoder(identity)
-    # "file" resolves a mask file per scan; every other proposer is one object for the whole job.
-    shared_proposer = (None if options.proposer == "file"
-                       else make_proposer(options.proposer, **options.proposer_options))
-    refiner = options.refiner or ProjectedPointsRefiner()
-    base_info = job_info(options, encoder, shared_proposer)
-    outcomes: list[ScanOutcome] = []
-    pending: list[tuple[ScanOutcome, ScanEntry, list[InstanceEntry], bool]] = []
-    seen: set[str] = set()
-
-    def report(name: str, stage: str, done: int, total: int) -> None:
-        if progress is not None:
-            progress(name, stage, done, total)
-
-    def flush() -> None:
-        if not pending:
-            return
-        # Replacements and fresh scans go in separate batches: add_scans takes one replace flag.
-        for replace in (False, True):
-            group = [p for p in pending if p[3] == replace]
-            if not group:
-                continue
-            t0 = time.perf_counter()
-            store.add_scans([(e, inst) for _, e, inst, _ in group], identity, replace=replace)
-            dt = time.perf_counter() - t0
-            for outcome, *_ in group:
-                outcome.status = "indexed"
-                outcome.seconds["store"] = dt / len(group)
-                report(outcome.name or "", "store", 1, 1)
-        pending.clear()
-
-    for path in scan_folders(paths):
-        outcome = ScanOutcome(path=path)
-        outcomes.append(outcome)
+    indexer = ScanIndexer(encoder, options)
+    committer = ScanCommitter(store, identity, options, scan_folders(paths), progress)
+    for outcome in committer.outcomes:
         try:
-            t0 = time.perf_counter()
-            report(path.name, "read", 0, 1)
-            scan = read_scan(path, voxel_size=options.voxel_size, depth_check=options.depth_check)
-            outcome.name = scan.name
-            outcome.seconds["read"] = time.perf_counter() - t0
-            report(scan.name, "read", 1, 1)
-            if scan.name in seen:
-                raise ScanError(path, f"scan name {scan.name!r} given twice in one run")
-            seen.add(scan.name)
-            existing = store.find_scan(scan.name)
-            # the store also says 'changed' when the scan's stored point file is damaged: re-indexing repairs it
-            if existing is not None and store.is_unchanged(scan.name, scan.content_hash) and not options.force:
-                outcome.status = "unchanged"
-                outcome.instances, outcome.searchable = existing.instances, existing.searchable
-                outcome.note = "unchanged since last index (use --force to re-index)"
-                continue
-
-            t0 = time.perf_counter()
-            proposer = shared_proposer if shared_proposer is not None else proposer_for(scan, options)
-            report(scan.name, "propose", 0, 1)
-            masks = proposer.propose(scan)
-            outcome.seconds["propose"] = time.perf_counter() - t0
-            report(scan.name, "propose", 1, 1)
-
-            t0 = time.perf_counter()
-            feats = extract_features(
-                scan, masks, encoder, options.features,
-                progress=lambda stage, done, total, _n=scan.name: report(_n, f"features:{stage}", done, total),
-                refiner=refiner,
-            )
-            outcome.seconds["features"] = time.perf_counter() - t0
-
-            info = base_info
-            if shared_proposer is None:
-                info = {**base_info, "proposer_identity": component_identity(proposer)}
-            entry, instances = build_entries(scan, masks, feats, proposer.name, encoder.spec,
-                                             mask_method=refiner.name, extra_info=info)
-            outcome.instances = len(instances)
-            outcome.searchable = int(np.count_nonzero(feats.valid))
-            if not scan.frames:
-                outcome.note = "no RGB-D frames: masks stored but not searchable until views exist"
-            elif outcome.searchable < outcome.instances:
-                outcome.note = f"{outcome.instances - outcome.searchable} masks never visible: not searchable"
-            pending.append((outcome, entry, instances, existing is not None))
+            scan, outcome.seconds["read"] = indexer.read(outcome.path, progress)
+            if committer.admit(outcome, scan.name, scan.content_hash):
+                committer.add(outcome, indexer.process(scan, progress))
         except SCAN_ERRORS as e:
-            outcome.status = "failed"
-            outcome.error = str(e)
-            log.warning("%s", e)
-            continue
-        if len(pending) >= options.batch_size:
-            flush()
-    flush()
-    return outcomes
+            committer.fail(outcome, e)
+    committer.flush()
+    return committer.outcomes

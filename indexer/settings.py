@@ -75,6 +75,33 @@ def _checkpoint_file(path: Path, kind: str) -> Path:
     return path
 
 
+def _check_ray(given: dict[str, Any]) -> None:
+    """Check the Ray options in ``given`` (and fill in ``gpus_per_worker``'s default)."""
+    address = given.get("ray_address")
+    if address is None:
+        stray = [n for n in ("workers", "gpus_per_worker") if n in given]
+        if stray:
+            raise _only_with(stray, "with --ray")
+        return
+    address = given["ray_address"] = str(address).strip()
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address not in ("local", "auto") and not (host and port.isdigit()):
+        raise SettingsError(f"{address!r} is not a Ray address: local, auto, ray://HOST:PORT or HOST:PORT "
+                            "(a path right after a bare --ray is taken as its address: put --ray last)", "--ray")
+    if "workers" in given and int(given["workers"]) < 1:
+        raise SettingsError("must be >= 1", flag("workers"))
+    cuda = given.get("device", "cpu").startswith("cuda")
+    gpus = float(given.setdefault("gpus_per_worker", 1.0 if cuda else 0.0))
+    if gpus < 0:
+        raise SettingsError("must be >= 0", flag("gpus_per_worker"))
+    if cuda and gpus == 0:
+        raise SettingsError("--device cuda on Ray needs --gpus-per-worker > 0 (Ray hides the GPUs from an actor "
+                            "that reserved none)", flag("gpus_per_worker"))
+    if not cuda and gpus > 0:
+        raise SettingsError("GPUs reserved for workers that run on the CPU: add --device cuda",
+                            flag("gpus_per_worker"))
+
+
 @dataclass(frozen=True)
 class EncoderChoice:
     """Which CLIP model to load for a job.
@@ -123,6 +150,13 @@ class IndexSettings:
             depth agrees with it (drops flying pixels and single noisy readings; recorded and hashed).
         force: re-index scans whose content hash is unchanged.
         batch_size: scans committed together.
+        ray_address: index on Ray (:mod:`scenegrep.indexer.distributed`): ``local`` starts a Ray instance on
+            this machine (its CPUs and GPUs), ``auto`` joins the cluster this machine belongs to,
+            ``ray://HOST:PORT`` (Ray Client) or ``HOST:PORT`` joins that cluster; None = one process here.
+        workers: Ray: actors (each loads the models once and indexes whole scans); None = one per CPU, or
+            one per ``gpus_per_worker`` GPUs; never more than there are scans.
+        gpus_per_worker: Ray: GPUs reserved per actor (fractions share a GPU); None = 1 with
+            ``device="cuda"``, else 0.
     """
 
     preset: "Preset"
@@ -145,6 +179,9 @@ class IndexSettings:
     depth_check: bool = True
     force: bool = False
     batch_size: int = 8
+    ray_address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
     extra_proposer_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -226,6 +263,7 @@ class IndexSettings:
         voxel = float(given.get("voxel_size", DEFAULT_VOXEL_SIZE))
         if not 0.001 <= voxel <= 1.0:
             raise SettingsError(f"{voxel} is outside 0.001..1 metres", flag("voxel_size"))
+        _check_ray(given)
         if proposer == "file" and "masks" not in given:
             raise SettingsError("--proposer file needs --masks FILE_OR_FOLDER")
         if "masks" in given and proposer != "file":

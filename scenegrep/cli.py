@@ -9,6 +9,7 @@ Only click and the light modules of the package are imported at start-up, so ``-
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -230,9 +231,10 @@ class _Progress:
 
     def __call__(self, scan: str, stage: str, done: int, total: int) -> None:
         task = self._tasks.get(scan)
+        label = scan or "all scans"  # "": the job-wide count of finished scans
         if task is None:
-            task = self._tasks[scan] = self._bars.add_task(scan, total=None)
-        self._bars.update(task, description=f"{scan} [{stage}]", completed=done, total=max(total, 1))
+            task = self._tasks[scan] = self._bars.add_task(label, total=None)
+        self._bars.update(task, description=f"{label} [{stage}]", completed=done, total=max(total, 1))
 
 
 def _progress(quiet: bool) -> "_Progress | None":
@@ -293,6 +295,16 @@ class _FrameStep(click.ParamType):
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Precision of CLIP and SAM [default: fp32].")
 @_encoder_options()
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Index on Ray workers (pip install 'scenegrep[ray]'): without ADDRESS start Ray on this machine "
+                   "(its CPUs and GPUs); 'auto' or ray://HOST:PORT joins a cluster. This process stays the one "
+                   "writer. Put it after the paths (or write --ray=ADDRESS).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="With --ray: worker actors, each loading the models once [default: one per CPU, or per "
+                   "--gpus-per-worker GPUs; at most one per scan].")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0.0), default=None,
+              help="With --ray: GPUs each worker reserves (0.5 = two per GPU) [default: 1 with --device cuda, "
+                   "else 0].")
 @click.option("--force", is_flag=True, help="Re-index scans even if unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print outcomes as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -305,7 +317,10 @@ def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: boo
     """
     settings = scenegrep.IndexSettings.create(preset, **_given(**options))
     progress = _progress(quiet or as_json)
-    with _open(ctx, write=True, device=settings.device) as col:
+    # Ray prints its own messages (worker output, a worker's death) on stdout: send them to stderr, so
+    # stdout carries the outcomes only
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if settings.ray_address else contextlib.nullcontext()
+    with _open(ctx, write=True, device=settings.device) as col, quiet_stdout:
         if progress is None:
             outcomes = col.index(paths, settings)
         else:
@@ -354,7 +369,7 @@ def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: boo
               help="Only hits whose calibrated relevance (0..1, see README) is at least this.")
 @click.option("--templates", is_flag=True, help="Average a text query over a prompt-template ensemble.")
 @click.option("--nprobe", type=click.IntRange(1, 65536), default=None,
-              help="IVF lists visited in compressed vector segments [default: nlist/16, at least 16]; more is "
+              help="IVF lists visited in compressed vector segments [default: nlist/32, at least 16]; more is "
                    "slower and closer to exact.")
 @_device_option
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")

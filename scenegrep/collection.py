@@ -120,8 +120,11 @@ class Collection:
         Args:
             paths: scan folders (ScanNet or 7-Scenes layout) or folders holding scan folders.
             settings: the job's settings; or give ``options`` (``preset=..., frame_step=..., proposer=...``,
-                see :meth:`IndexSettings.create`) instead.
-            progress: called as ``progress(scan, stage, done, total)``.
+                see :meth:`IndexSettings.create`) instead. ``ray_address`` (``"local"``, ``"auto"``,
+                ``"ray://HOST:PORT"``) runs the job on Ray workers (``workers``, ``gpus_per_worker``); this
+                process stays the one writer.
+            progress: called as ``progress(scan, stage, done, total)``, and as
+                ``progress("", "scans", done, total)`` each time a scan is finished.
 
         Returns one :class:`~scenegrep.indexer.pipeline.ScanOutcome` per scan: a bad scan fails alone
         (``status="failed"``, ``error`` names the file); unchanged scans are skipped by content hash.
@@ -130,9 +133,7 @@ class Collection:
             SettingsError: contradictory options; EncoderMismatchError: the home holds another encoder's
             vectors; WeightsFileError / EncoderWeightsError: a checkpoint or CLIP's weights are unusable.
         """
-        from scenegrep.indexer.features.encoders import load_encoder
-        from scenegrep.indexer.pipeline import (
-            IndexOptions, build_refiner, index_paths, scan_folders, unreadable_folders)
+        from scenegrep.indexer.pipeline import index_paths, load_job, scan_folders, unreadable_folders
 
         self._require_writer("index")
         if settings is not None and options:
@@ -141,28 +142,22 @@ class Collection:
         failed = unreadable_folders(paths)
         if failed and len(failed) == len(scan_folders(paths)):
             return failed  # nothing to index: say what is wrong with the paths before loading any model
-        # SAM first: a bad SAM checkpoint fails in a second, before CLIP (possibly ViT-L) is loaded
-        refiner = build_refiner(settings.sam_model, settings.sam_checkpoint, device=settings.device,
-                                precision=settings.precision, seed=settings.seed,
-                                rounds=settings.preset.sam_rounds, points=settings.preset.sam_points)
         home_encoder = self._opened.encoder() if self._opened is not None else None
         choice = settings.encoder_choice(home_encoder)
         if choice.from_home:
             log.info("reusing this home's encoder %s", home_encoder.describe())
-        encoder = self._encoder
-        if encoder is None or (encoder.spec.model, encoder.spec.pretrained) != (choice.model, choice.pretrained):
-            encoder = load_encoder(choice.model, choice.pretrained, device=settings.device,
-                                   allow_random_weights=choice.allow_random_weights,
-                                   precision=settings.precision)
-        if encoder.spec.random_weights:
-            log.warning("CLIP %s is running with RANDOM weights: vectors and scores are meaningless", choice.model)
-        job = IndexOptions(proposer=settings.proposer, masks=settings.masks,
-                           proposer_options=settings.proposer_options(sam_refiner=refiner), features=settings.feature_config(),
-                           refiner=refiner, preset=settings.preset.name, seed=settings.seed, force=settings.force,
-                           batch_size=settings.batch_size, voxel_size=settings.voxel_size,
-                           depth_check=settings.depth_check)
-        outcomes = index_paths(paths, self._store, encoder, job, progress=progress)
-        self._encoder = encoder
+        if settings.ray_address is not None:
+            # the models load in the Ray workers, not here
+            from scenegrep.indexer.distributed import index_paths_ray
+
+            outcomes = index_paths_ray(paths, self._store, settings, choice, progress=progress)
+        else:
+            encoder, job = load_job(settings, choice, self._encoder)
+            if encoder.spec.random_weights:
+                log.warning("CLIP %s is running with RANDOM weights: vectors and scores are meaningless",
+                            choice.model)
+            outcomes = index_paths(paths, self._store, encoder, job, progress=progress)
+            self._encoder = encoder
         self._engine = None
         return outcomes
 
@@ -186,7 +181,7 @@ class Collection:
             filters: ``scans``, ``tags`` (a hit's scan carries all of them), ``min_points``, ``max_points``,
                 ``min_extent``, ``max_extent`` (largest side of the box, metres), ``proposer``; applied
                 inside the vector search, so k hits come back whenever k match. ``nprobe``: IVF lists
-                visited in compressed segments (default: the store's, nlist / 16, at least 16).
+                visited in compressed segments (default: the store's, nlist / 32, at least 16).
         """
         options = self._search_options(all, min_score, filters)
         if isinstance(query, str):
