@@ -334,7 +334,9 @@ def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: boo
     else:
         for o in outcomes:
             if o.status == "failed":
-                click.echo(f"FAILED     {o.path}: {o.error}")
+                # the error names the file at fault; prefix the scan folder only when it is another one
+                said = str(o.error or "")
+                click.echo(f"FAILED     {said}" if said.startswith(str(o.path)) else f"FAILED     {o.path}: {said}")
             else:
                 line = f"{o.status:<10} {o.name}: {o.instances} instances, {o.searchable} searchable"
                 click.echo(line + (f" ({o.note})" if o.note else ""))
