@@ -269,16 +269,17 @@ def scan_folders(paths: Sequence[Path | str]) -> list[Path]:
     return out
 
 
-def unreadable_folders(paths: Sequence[Path | str]) -> list[ScanOutcome]:
-    """A failed outcome for each of ``paths`` that is neither a scan folder nor a folder holding scans
-    (checked from the file names only, so a job of wrong paths fails before any model is loaded)."""
-    out = []
-    for path in scan_folders(paths):
+def nothing_to_index(paths: Sequence[Path | str]) -> list[ScanOutcome] | None:
+    """One failed outcome per scan folder ``paths`` name when none of them is a scan (checked from the file
+    names only, so a job of wrong paths fails before any model is loaded); None when at least one is."""
+    folders = scan_folders(paths)
+    failed = []
+    for path in folders:
         try:
             detect_layout(path)
         except ScanError as e:
-            out.append(ScanOutcome(path=path, error=str(e)))
-    return out
+            failed.append(ScanOutcome(path=path, error=str(e)))
+    return failed if len(failed) == len(folders) else None
 
 
 def _is_scan(folder: Path) -> bool:

@@ -206,9 +206,9 @@ class IndexSettings:
             overrides["frame_step"] = None
         try:
             resolved = base.with_overrides(**overrides)
-        except ValueError as e:
-            if isinstance(e, SettingsError):
-                raise
+        except SettingsError:
+            raise
+        except ValueError as e:  # FeatureConfig's own checks (a frame step or top-k below 1, ...)
             raise SettingsError(e) from None
 
         proposer = given.get("proposer", DEFAULT_PROPOSER)

@@ -701,7 +701,7 @@ def demo(ctx: click.Context, out: Path, clip_model: str | None, clip_pretrained:
     paths = scenegrep.generate_scans(out / "scans", 3, seed=0, preset="small")
     model = clip_model or DEMO_CLIP[0]
     pretrained = clip_pretrained if clip_model else (clip_pretrained or DEMO_CLIP[1])
-    settings = dict(clip_model=model, clip_pretrained=pretrained, allow_random_weights=allow_random_weights or None,
+    settings = dict(clip_model=model, clip_pretrained=pretrained, allow_random_weights=allow_random_weights,
                     device=device)
     click.echo(f"2/4 indexing into {_home(ctx)} with CLIP {model}")
     with _open(ctx, write=True, device=device) as col:
@@ -722,7 +722,6 @@ def demo(ctx: click.Context, out: Path, clip_model: str | None, clip_pretrained:
             top = top or (hits[0] if hits else None)
         if top is None:
             raise SettingsError("the demo index returned no hits", _home(ctx))
-        out.mkdir(parents=True, exist_ok=True)
         ply = col.export(top.id, out / f"top_hit_{top.id}.ply")
     click.echo(f"4/4 exported the top hit of {DEMO_QUERIES[0]!r} (instance {top.id}, scan {top.scan}) to {ply}")
     click.echo(f"serve it: scenegrep --home {_home(ctx)} serve")

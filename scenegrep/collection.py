@@ -133,15 +133,15 @@ class Collection:
             SettingsError: contradictory options; EncoderMismatchError: the home holds another encoder's
             vectors; WeightsFileError / EncoderWeightsError: a checkpoint or CLIP's weights are unusable.
         """
-        from scenegrep.indexer.pipeline import index_paths, load_job, scan_folders, unreadable_folders
+        from scenegrep.indexer.pipeline import index_paths, load_job, nothing_to_index
 
         self._require_writer("index")
         if settings is not None and options:
             raise SettingsError("pass either settings= or keyword options to index(), not both")
         settings = settings or IndexSettings.create(**options)
-        failed = unreadable_folders(paths)
-        if failed and len(failed) == len(scan_folders(paths)):
-            return failed  # nothing to index: say what is wrong with the paths before loading any model
+        failed = nothing_to_index(paths)
+        if failed is not None:
+            return failed  # say what is wrong with the paths before loading any model
         home_encoder = self._opened.encoder() if self._opened is not None else None
         choice = settings.encoder_choice(home_encoder)
         if choice.from_home:
@@ -234,7 +234,9 @@ class Collection:
 
     def instances(self, scan: str) -> list["InstanceDetails"]:
         """Every instance of one scan, in the order its masks were proposed."""
-        return [self.engine.details(info) for info in self._store.instances(scan)]
+        rows = self._store.instances(scan)
+        found = self._store.find_scan(scan) if rows else None  # read once for all its instances
+        return [self.engine.details(info, scan=found) for info in rows]
 
     def points(self, instance_id: int) -> "HitPoints":
         """The exact point subset of an instance: indices into its scan, xyz and rgb."""

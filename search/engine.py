@@ -19,10 +19,10 @@ from scenegrep.indexer.pipeline import encoder_identity
 from scenegrep.search.folding import Group, fold as fold_hits
 from scenegrep.search.hits import Hit, HitPoints, InstanceDetails
 from scenegrep.search.relevance import REFERENCE_SIZE, Calibration
-from scenegrep.storage import InstanceInfo, Store
+from scenegrep.storage import InstanceInfo, ScanInfo, Store
 from scenegrep.storage.filters import InstanceFilter
 from scenegrep.errors import SettingsError
-from scenegrep.storage.errors import NotFoundError, StoreError
+from scenegrep.storage.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +256,11 @@ class SearchEngine:
             mask_score=float(info.score),
         )
 
-    def details(self, info: InstanceInfo, with_vector: bool = False) -> InstanceDetails:
-        """What the catalog knows about an instance already read (``show``)."""
+    def details(self, info: InstanceInfo, with_vector: bool = False, scan: ScanInfo | None = None) -> InstanceDetails:
+        """What the catalog knows about an instance already read (``show``); ``scan``: its scan's
+        :class:`ScanInfo` when the caller has it (listing a scan's instances reads it once)."""
         hit = self.hit_for(info)
-        scan = self.store.find_scan(hit.scan)
+        scan = scan if scan is not None else self.store.find_scan(hit.scan)
         scan_info = scan.info if scan else {}
         vector = None
         if with_vector:
