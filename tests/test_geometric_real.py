@@ -20,7 +20,7 @@ from scenegrep.indexer.proposals.geometric import (
     point_spacing,
     propose_points,
 )
-from scenegrep.indexer.proposals.planes import PlaneConfig, classify_planes, estimate_up, grow_planes
+from scenegrep.indexer.proposals.planes import PlaneConfig, camera_up, classify_planes, estimate_up, grow_planes
 from scenegrep.indexer.scans import Scan, read_scan
 from scenegrep.indexer.voxels import KEY_OFFSET, group_mean, pack_coords, voxel_coords, voxel_index
 
@@ -148,6 +148,104 @@ def test_planes_on_a_room_corner():
     assert not np.any(wall_plane.voxels >= 11000), "no box point is wall"
 
 
+# -- gravity from the cameras ---------------------------------------------------------------------
+
+
+def _camera(yaw_deg: float, tilt_deg: float, roll_deg: float = 0.0) -> np.ndarray:
+    """(3, 3) camera-to-world rotation, OpenCV axes, world z up: looking along ``yaw`` in the xy plane,
+    pitched down by ``tilt``, rolled by ``roll`` about its viewing axis."""
+    y, t, r = np.radians([yaw_deg, tilt_deg, roll_deg])
+    fwd = np.array([np.cos(y) * np.cos(t), np.sin(y) * np.cos(t), -np.sin(t)])
+    right = np.cross(fwd, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    # roll: rotate right/down about fwd
+    right, down = np.cos(r) * right + np.sin(r) * down, -np.sin(r) * right + np.cos(r) * down
+    return np.stack([right, down, fwd], axis=1)
+
+
+def test_camera_up_ignores_tilt_and_pan():
+    # cameras looking down into a shelf (tilt 10-25 degrees), panning: the mean image -y leans 17 degrees
+    rots = np.stack([_camera(yaw, tilt) for yaw in (-30, -10, 10, 30) for tilt in (10, 18, 25)])
+    mean_up = -rots[:, :, 1].mean(axis=0)
+    assert np.degrees(np.arccos(mean_up[2] / np.linalg.norm(mean_up))) > 15
+    assert camera_up(rots) == pytest.approx([0, 0, 1], abs=1e-9)
+    # only tilting, one heading: up is the mean image -y projected on the plane normal to the x axes
+    one = camera_up(np.stack([_camera(40, t) for t in (0, 5, 10)]))
+    assert abs(float(one @ [np.cos(np.radians(130)), np.sin(np.radians(130)), 0])) < 1e-9 and one[2] > 0.98
+    # cameras that roll by up to 30 degrees: no common horizontal, the mean image -y is the guess
+    rolled = np.stack([_camera(yaw, 10, roll) for yaw, roll in [(0, 30), (60, -30), (120, 25), (200, -25)]])
+    got = camera_up(rolled)
+    want = -rolled[:, :, 1].mean(axis=0)
+    assert got == pytest.approx(want / np.linalg.norm(want))
+    assert camera_up(np.zeros((0, 3, 3))) is None
+
+
+def _bin_scene(rng, floor: bool):
+    """A shelf bin: side walls y=0 and y=0.3 and a back wall x=0.6, 0.4 m high, a 0.1 m cube standing at
+    z=0, the shelf below (a strip at z=-0.12, in front) and, with ``floor``, a 0.6 x 0.3 m bin floor at
+    z=0. Each side wall has more than 90 % of the scan on one side and is larger than any floor: from the
+    data alone a side wall is the support (the failure on labelfusion-shelf)."""
+    def patch(n, lo, du, dv):
+        a, b = rng.random(n), rng.random(n)
+        return np.asarray(lo) + a[:, None] * np.asarray(du) + b[:, None] * np.asarray(dv)
+
+    parts = [patch(900, (0, 0, 0), (0.6, 0, 0), (0, 0, 0.4)),            # side wall y = 0
+             patch(900, (0, 0.3, 0), (0.6, 0, 0), (0, 0, 0.4)),          # side wall y = 0.3
+             patch(500, (0.6, 0, 0), (0, 0.3, 0), (0, 0, 0.4)),          # back wall
+             patch(120, (0.2, 0.1, 0.1), (0.1, 0, 0), (0, 0.1, 0)),      # cube top
+             patch(120, (0.2, 0.1, 0), (0, 0.1, 0), (0, 0, 0.1)),        # cube front
+             patch(450, (-0.3, 0, -0.12), (0.25, 0, 0), (0, 0.3, 0))]    # shelf below, in front
+    if floor:
+        parts.append(patch(700, (0, 0, 0), (0.6, 0, 0), (0, 0.3, 0)))
+    return np.concatenate(parts), np.cumsum([len(p) for p in parts])
+
+
+@pytest.mark.parametrize("floor", [True, False])
+def test_camera_prior_keeps_side_walls_walls(floor):
+    from scipy.spatial import cKDTree
+
+    from scenegrep.indexer.proposals.geometric import knn_edges, pca_normals
+
+    rng = np.random.default_rng(2)
+    h = 0.02
+    xyz, ends = _bin_scene(rng, floor)
+    dist, nbr = cKDTree(xyz).query(xyz, k=16)
+    normals, curv = pca_normals(xyz, nbr, return_curvature=True)
+    ei, ej = knn_edges(nbr, dist, 10, 2.5 * h)
+    cfg = PlaneConfig(min_voxels=40)
+    planes = grow_planes(xyz, normals, curv, ei, ej, h, cfg)
+    up_data, _ = estimate_up(planes, cfg)
+    assert up_data is not None and abs(up_data[2]) < 0.2, "from the data alone gravity comes out sideways"
+    # upright cameras looking down into the bin give z; the support must be horizontal with the scan
+    # above it (the shelf below the bin), and the side and back walls are walls (nothing is a ceiling)
+    prior = camera_up(np.stack([_camera(yaw, 20) for yaw in (-20, 0, 20)]))
+    up, support = estimate_up(planes, cfg, prior)
+    assert up[2] > np.cos(np.radians(2))
+    shelf = np.arange(ends[4], ends[5])
+    if support >= 0:
+        assert np.isin(planes[support].voxels, shelf).mean() > 0.95, "only the shelf below bounds the scan"
+    arch = classify_planes(planes, xyz, up, support, h, cfg)
+    assert sorted(a.kind for a in arch if a.kind != "floor") == ["wall", "wall", "wall"]
+    cube = np.arange(ends[2], ends[4])
+    assert not any(np.isin(cube, a.voxels).any() for a in arch), "the cube is no structure"
+    # without the shelf below nothing horizontal bounds the scan when the bin floor is hidden: up is the
+    # prior itself, and the walls are still found (heights from the scan's lowest points)
+    keep = np.flatnonzero((xyz[:, 2] > -0.05))
+    sub = xyz[keep]
+    dist, nbr = cKDTree(sub).query(sub, k=16)
+    normals, curv = pca_normals(sub, nbr, return_curvature=True)
+    ei, ej = knn_edges(nbr, dist, 10, 2.5 * h)
+    planes = grow_planes(sub, normals, curv, ei, ej, h, cfg)
+    up, support = estimate_up(planes, cfg, prior)
+    if floor:
+        assert support >= 0 and planes[support].normal[2] > 0.99  # the bin floor is the support now
+    else:
+        assert support == -1 and up == pytest.approx(prior)
+    arch = classify_planes(planes, sub, up, support, h, cfg)
+    assert sorted(a.kind for a in arch if a.kind != "floor") == ["wall", "wall", "wall"]
+
+
 # -- density: one scene at several subsampling rates ----------------------------------------------
 
 
@@ -220,24 +318,57 @@ def test_mosd_tabletop(shared_dir, name, ap50_floor):
     assert r.ap50 >= ap50_floor, r
 
 
-def test_labelfusion_shelf_objects(shared_dir):
-    """Best IoU of each of the two labelled objects (label 48: a bag of straws leaning on the bin's side
-    wall; label 132: a box against its back wall), ground truth lifted from the label maps by
-    :func:`scenegrep.indexer.evaluate.load_ground_truth` (projection, depth test, majority vote). The issue's
-    target is 0.5 each: met for the box since the reader's depth check (measured 0.358 / 0.511 at the
-    default 2 cm voxels; 0.148 / 0.373 without it), NOT for the straws."""
+@pytest.fixture(scope="module")
+def shelf(shared_dir):
+    """(scan, gt, masks, debug) of labelfusion-shelf with the default reader and proposer; ground truth
+    lifted from the label maps by :func:`scenegrep.indexer.evaluate.load_ground_truth` (projection, depth
+    test, majority vote). Label 48: a bag of straws leaning on the bin's side wall; 132: a box."""
     root = shared_dir / "data" / "labelfusion-shelf"
     if not (root / "camera-intrinsics.txt").is_file():
         pytest.skip("labelfusion-shelf is not in ../shared/data")
     scan = read_scan(root)
     gt, source = load_ground_truth(scan)
     assert source.startswith("label maps") and sorted(np.unique(gt)) == [0, 48, 132]
-    ms = GeometricProposer().propose(scan)
-    best = []
+    poses = np.stack([f.pose_c2w for f in scan.frames])
+    debug: dict = {}
+    masks = propose_points(scan.points, scan.colors, GeometricConfig(), poses[:, :3, 3], debug,
+                           up_prior=camera_up(poses[:, :3, :3]))[0]
+    # the proposer's own entry point gives the same masks
+    same = GeometricProposer().propose(scan)
+    assert np.array_equal(same.point_indices, masks.point_indices)
+    return scan, gt, masks, debug
+
+
+def _best_ious(masks, gt, ids):
+    return [max(float((gt[m] == g).sum() / ((gt == g).sum() + m.size - (gt[m] == g).sum())) for m in masks)
+            for g in ids]
+
+
+def test_labelfusion_shelf_gravity_and_structure(shelf):
+    """Gravity comes from the upright cameras (world z here), not from the largest bounding plane (a side
+    wall of the bin, which made the opposite wall with the straws on it a "ceiling"); no structure mask
+    takes more than 5 % of either object. Box: IoU >= 0.5 (the issue's target); straws: measured 0.358."""
+    _, gt, masks, debug = shelf
+    assert debug["up"] @ np.array([0.0, 0.0, 1.0]) > np.cos(np.radians(2))
+    kinds = list(debug["kind"])
+    assert "ceiling" not in kinds and "floor" not in kinds  # the bin floor is hidden under the objects
     for g in (48, 132):
         inside = gt == g
-        best.append(max(inside[m].sum() / (inside.sum() + m.size - inside[m].sum()) for m in ms))
-    assert best[0] >= 0.3 and best[1] >= 0.5, best
+        in_structure = max((inside[m].sum() for m, k in zip(masks, kinds) if k != "object"), default=0)
+        assert in_structure <= 0.05 * inside.sum(), (g, in_structure)
+    straws, box = _best_ious(masks, gt, (48, 132))
+    assert box >= 0.5 and straws >= 0.3, (straws, box)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 10 target not met: the straws' best IoU is 0.358. Their label "
+                   "covers only the red part of the bag (its white straws are background: the bag's superpoint "
+                   "holds 76 labelled and 82 unlabelled points) and bleeds ~25 points onto the walls; the "
+                   "default superpoints allow at most 0.39 (BENCHMARKS.md, 'Proposers x scans')")
+def test_labelfusion_shelf_each_object_iou_half(shelf):
+    """The issue's target: each labelled object gets a mask with IoU >= 0.5."""
+    _, gt, masks, _ = shelf
+    straws, box = _best_ious(masks, gt, (48, 132))
+    assert straws >= 0.5 and box >= 0.5, (straws, box)
 
 
 def test_noise_rule_coarsens_only_noisy_clouds():

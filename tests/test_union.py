@@ -67,6 +67,13 @@ def test_union_pools_dedupes_and_records_sources():
     assert [m["name"] for m in ident["members"]] == ["geometric", "lifted"] and ident["iou_threshold"] == 0.5
 
 
+def test_nms_only_between_members():
+    ms = _ms([np.arange(100), np.arange(5, 100), np.arange(3, 100)], [0.9, 0.8, 0.7])
+    # masks 0 and 1 come from one member: both kept; mask 2 duplicates them from another member
+    assert nms_keep(ms, 0.5, np.array(["a", "a", "b"])).tolist() == [0, 1]
+    assert nms_keep(ms, 0.5).tolist() == [0]
+
+
 def test_union_weights_and_checks():
     a = Fixed("a", _ms([np.arange(100)], [1.0]))
     b = Fixed("b", _ms([np.arange(100)], [1.0]))
@@ -78,6 +85,40 @@ def test_union_weights_and_checks():
         UnionProposer([])
     with pytest.raises(ValueError, match="points"):
         UnionProposer([Fixed("c", _ms([np.arange(5)], None, n=10))]).propose(FakeScan())
+
+
+class Prior(Fixed):
+    """A fixed proposer declaring a prior reliability, as the weight-free lifted proposer does."""
+
+    def __init__(self, name, masks, prior):
+        super().__init__(name, masks)
+        self.union_prior = prior
+
+
+def test_union_weights_default_to_member_priors():
+    # a strong member's 4 masks (its objects are its best two) and a weak member whose best mask would tie
+    # with the strong member's best under plain rank quantiles
+    strong = Fixed("geometric", _ms([np.arange(100), np.arange(200, 300), np.arange(400, 420),
+                                     np.arange(500, 510)], [0.9, 0.8, 0.02, 0.01]))
+    weak = Prior("lifted", _ms([np.arange(600, 700), np.arange(800, 900)], [0.9, 0.5]), 0.5)
+    u = UnionProposer([strong, weak])
+    assert u.weights == [1.0, 0.5] and u.identity()["weights"] == [1.0, 0.5]
+    out = u.propose(FakeScan())
+    # strong: ranks 1, 0.75, 0.5, 0.25; weak: 0.5 * (1, 0.5) = 0.5, 0.25 -> both of the strong member's
+    # objects come before the weak member's best mask
+    assert out.sources.tolist()[:2] == ["geometric", "geometric"]
+    assert out.scores.tolist() == pytest.approx([1.0, 0.75, 0.5, 0.5, 0.25, 0.25])
+    assert UnionProposer([strong, weak], weights=[1.0, 1.0]).propose(FakeScan()).sources.tolist()[:2] == [
+        "geometric", "lifted"]  # explicit weights override the priors
+
+
+def test_weight_free_lifted_member_has_prior_half():
+    u = make_proposer("union")
+    assert [m.name for m in u.members] == ["geometric", "lifted"]
+    assert u.weights == [1.0, 0.5]  # felzenszwalb segmenter without a SAM checkpoint
+    from scenegrep.indexer.proposals.segmenters import LabelMapSegmenter
+
+    assert make_proposer("lifted", segmenter=LabelMapSegmenter()).union_prior == 1.0
 
 
 def test_sourced_maskset_select_and_file(tmp_path):
@@ -129,8 +170,9 @@ def test_union_of_geometric_and_lifted_on_a_synthetic_scan(synth_scans, tmp_path
     out = u.propose(scan)
     assert set(out.sources.tolist()) <= {"geometric", "lifted"} and len(out) > 0
     assert u.last_stats["lifted"]["kept"] > 0
-    # no two kept masks overlap above the threshold
+    # no two kept masks of different members overlap above the threshold; a member's own masks are kept
     iou = out.iou()
     np.fill_diagonal(iou, 0)
-    assert iou.max() <= 0.5
+    other = out.sources[:, None] != out.sources[None, :]
+    assert iou[other].max() <= 0.5
     assert evaluate_masks(out, gt).ap50 >= 0.5

@@ -23,9 +23,14 @@ serves a 1 cm ScanNet mesh, the same room subsampled to 3.5 cm and a 1.5 mm dept
    (:func:`orient_normals`) so that convex and concave folds can be told apart.
 3. **Planes and gravity** (:mod:`scenegrep.indexer.proposals.planes`): normal-based region growing (one
    ``connected_components`` over the edges between flat, parallel, coplanar neighbours), a robust plane
-   fit per region, then the up direction from the data (the largest plane with nearly the whole scan on
-   one side: a room's floor, the table under table-top objects; z-like normals are only a tie-breaker, as
-   camera-coordinate clouds have y down). Floor, walls and ceiling (coplanar pieces merged) become fixed
+   fit per region, then the up direction: from the camera poses when the scan has frames (RGB-D captures
+   are taken with upright cameras, so up is the direction perpendicular to every camera's x axis:
+   :func:`~scenegrep.indexer.proposals.planes.camera_up`; the support is then a bounding plane facing that
+   way, or none), else from the data (the largest plane with nearly the whole scan on one side: a room's
+   floor, the table under table-top objects; z-like normals are only a tie-breaker, as camera-coordinate
+   clouds have y down). Guessing from the data fails where a wall bounds the scan better than the floor
+   does: in a shelf bin a side wall became the "floor" and the opposite wall, with an object leaning on
+   it, a "ceiling". Floor, walls and ceiling (coplanar pieces merged; each must bound the scan) become fixed
    regions, proposed as masks of their own; their voxels leave the object graph, which is what separates
    a chair from the floor and a picture from the wall.
 4. **Object graph** over the remaining voxels: the ``graph_knn`` nearest voxels closer than
@@ -83,7 +88,7 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components, mini
 from scipy.spatial import cKDTree
 
 from scenegrep.indexer.proposals.base import MaskSet
-from scenegrep.indexer.proposals.planes import PlaneConfig, classify_planes, estimate_up, grow_planes
+from scenegrep.indexer.proposals.planes import PlaneConfig, camera_up, classify_planes, estimate_up, grow_planes
 from scenegrep.indexer.voxels import group_mean, voxel_index
 
 if TYPE_CHECKING:
@@ -127,6 +132,8 @@ class GeometricConfig:
         score_cap: cost at which a region's persistence is capped (the score's scale).
         area_prior: region size (voxels) at which the size factor of the score is 1/2; 0 disables it.
         planes: find planes and take floors, walls and ceilings out before segmenting objects.
+        camera_up: when the scan has camera poses, take gravity from them (:func:`~scenegrep.indexer.
+            proposals.planes.camera_up`: upright cameras) instead of guessing it from the planes.
         plane: settings of the plane stage (:class:`~scenegrep.indexer.proposals.planes.PlaneConfig`).
         plane_edge_weight: added to the normal term of edges that leave a non-architectural plane (a table
             top, a seat), so objects standing on it separate before the plane joins its own legs.
@@ -160,6 +167,7 @@ class GeometricConfig:
     score_cap: float = 1.0
     area_prior: float = 160.0
     planes: bool = True
+    camera_up: bool = True
     plane: PlaneConfig = field(default_factory=PlaneConfig)
     plane_edge_weight: float = 0.0
     touch_power: float = 4.0
@@ -559,10 +567,13 @@ class GeometricProposer:
 
     def propose_with_stats(self, scan: "Scan") -> tuple[MaskSet, dict[str, float]]:
         """``propose`` plus a dict of stage timings (seconds) and sizes, for tuning and benchmarks."""
-        viewpoints = None
+        viewpoints = up_prior = None
         if scan.frames:
-            viewpoints = np.stack([f.pose_c2w[:3, 3] for f in scan.frames]).astype(np.float64)
-        return propose_points(scan.points, scan.colors, self.config, viewpoints)
+            poses = np.stack([f.pose_c2w for f in scan.frames]).astype(np.float64)
+            viewpoints = poses[:, :3, 3]
+            if self.config.camera_up:
+                up_prior = camera_up(poses[:, :3, :3])
+        return propose_points(scan.points, scan.colors, self.config, viewpoints, up_prior=up_prior)
 
 
 def region_scores(persistence: np.ndarray, voxels: np.ndarray, cfg: GeometricConfig) -> np.ndarray:
@@ -627,12 +638,16 @@ def choose_voxel_size(points: np.ndarray, cfg: GeometricConfig) -> float:
 
 def propose_points(points: np.ndarray, colors: np.ndarray, cfg: GeometricConfig,
                    viewpoints: np.ndarray | None = None,
-                   debug: dict | None = None) -> tuple[MaskSet, dict[str, float]]:
-    """The whole proposer on bare arrays: (N, 3) points, (N, 3) uint8 colours, optional (F, 3) viewpoints.
+                   debug: dict | None = None, *,
+                   up_prior: np.ndarray | None = None) -> tuple[MaskSet, dict[str, float]]:
+    """The whole proposer on bare arrays: (N, 3) points, (N, 3) uint8 colours, optional (F, 3) viewpoints
+    and optional (3,) gravity prior ``up_prior`` (:func:`~scenegrep.indexer.proposals.planes.camera_up` of
+    the scan's cameras; without it gravity is estimated from the planes).
 
     Returns the masks and a dict of stage timings (``t_*``, seconds) and sizes. When ``debug`` is a dict it
     receives per-mask arrays aligned with the result: ``node``, ``birth``, ``death``, ``persistence``,
-    ``area`` (voxels), ``kind`` (plane kind or "object"), plus ``voxel_size`` and ``up``.
+    ``area`` (voxels), ``kind`` (plane kind or "object"), plus ``voxel_size``, ``up`` and
+    ``point_superpoint`` (N,) (each point's superpoint; architecture instances are superpoints too).
     """
     stats: dict[str, float] = {}
     n_points = int(points.shape[0])
@@ -667,7 +682,7 @@ def propose_points(points: np.ndarray, colors: np.ndarray, cfg: GeometricConfig,
     up = None
     if cfg.planes:
         planes = grow_planes(grid.xyz, normals, curvature, ei, ej, h, cfg.plane)
-        up, support = estimate_up(planes, cfg.plane)
+        up, support = estimate_up(planes, cfg.plane, up_prior)
         arch = classify_planes(planes, grid.xyz, up, support, h, cfg.plane)
         for a_i, pl in enumerate(arch):
             arch_id[pl.voxels] = a_i
@@ -737,7 +752,8 @@ def propose_points(points: np.ndarray, colors: np.ndarray, cfg: GeometricConfig,
     masks = masks.select(keep)
     if debug is not None:
         debug.update(node=nodes[keep], birth=birth[nodes[keep]], death=death[nodes[keep]],
-                     persistence=persistence[keep], area=area[keep], kind=kind[keep], voxel_size=h, up=up)
+                     persistence=persistence[keep], area=area[keep], kind=kind[keep], voxel_size=h, up=up,
+                     point_superpoint=seg_of_point)
     t5 = time.perf_counter()
     stats["t_hierarchy"] = t5 - t4
     stats["proposals"] = len(masks)

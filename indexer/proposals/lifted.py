@@ -333,6 +333,13 @@ class LiftedProposer:
         self.config = config or LiftedConfig()
         self.last_stats: dict[str, Any] = {}
 
+    @property
+    def union_prior(self) -> float:
+        """Prior reliability of these masks in a union (:mod:`~scenegrep.indexer.proposals.union`): the
+        segmenter's ``union_prior`` (0.5 for the weight-free Felzenszwalb segmenter), 1 when it has none
+        (SAM, label maps)."""
+        return float(getattr(self.segmenter, "union_prior", 1.0))
+
     def identity(self) -> dict[str, Any]:
         """What makes two lifted proposers give the same masks (recorded in the catalog)."""
         return {"segmenter": self.segmenter.identity(), "config": asdict(self.config)}

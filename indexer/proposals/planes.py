@@ -13,16 +13,22 @@ the caller derived from the cloud's own point spacing, so the same settings work
    voxels farther than ``dist_tol`` or with a normal off by more than ``refit_angle`` are dropped (the
    region may have crept round a gentle bend), and what remains must still be large and mostly inliers.
 3. **Gravity** (:func:`estimate_up`): real captures are not always z-up (a Kinect table top is in camera
-   coordinates, y down). The up direction is taken as the normal of the largest plane that bounds the
-   scan: almost all voxels lie on one side of it (a floor under a room, the table under objects), oriented
-   towards them. A plane whose normal is near +-z gets a bonus, because z-up is the convention of most
-   room scans, but it is only a tie-breaker.
+   coordinates, y down). When the scan has camera poses, the cameras say where up is
+   (:func:`camera_up`: upright cameras pan and tilt but do not roll, so up is perpendicular to all their
+   x axes), and the support is the largest bounding plane facing up, or none (a shelf bin whose floor is
+   hidden under its objects). Without cameras the up direction is taken as the normal of the largest
+   plane that bounds the scan: almost all voxels lie on one side of it (a floor under a room, the table
+   under objects), oriented towards them. A plane whose normal is near +-z gets a bonus, because z-up is
+   the convention of most room scans, but it is only a tie-breaker. The data-only guess fails where a
+   wall bounds the scan better than the floor does (labelfusion-shelf: a side wall of the bin bounds 99 %,
+   the bin floor is hidden), which is why the cameras come first.
 4. **Architecture** (:func:`classify_planes`): the support plane and every horizontal plane coplanar with
    it is *floor*; a large horizontal bounding plane on the far side is *ceiling*; a vertical bounding plane
    whose area is a good fraction of the floor's and which rises over most of the scan's height is *wall*.
    Coplanar pieces of one floor/wall/ceiling (split by furniture in front of them) are merged into one
    instance, which is how ScanNet annotates them. Other planes (table tops, seats, box faces) are kept as
-   *other*: they may be parts of objects.
+   *other*: they may be parts of objects. Without a support plane (up from the cameras), heights are
+   measured from the scan's lowest percentile and areas compared with its footprint.
 
 Noisy captures (frames fused with pose error give thick surfaces) loosen the thresholds: the curvature
 limit is at least the median voxel curvature, and the angle and distance limits at least ``noise_factor``
@@ -66,7 +72,10 @@ class PlaneConfig:
             neighbour normal angle and tangent-plane offset, and ``max_curvature`` at least the median voxel
             curvature, so noisy captures still have planes.
         wall_height_fraction: a wall spans at least this fraction of the scan's height above the floor.
-        z_prior: bonus factor on a candidate support plane whose normal is within ``horizontal_angle`` of z.
+        z_prior: bonus factor on a candidate support plane whose normal is within ``horizontal_angle`` of z
+            (only without a camera prior).
+        prior_angle: with an up prior from the cameras (:func:`camera_up`), the support plane's normal must
+            be within this angle of it.
     """
 
     angle: float = 12.0
@@ -81,6 +90,7 @@ class PlaneConfig:
     ceiling_area_fraction: float = 0.25
     wall_height_fraction: float = 0.5
     z_prior: float = 1.5
+    prior_angle: float = 20.0
     noise_factor: float = 1.0
 
 
@@ -158,10 +168,60 @@ def grow_planes(xyz: np.ndarray, normals: np.ndarray, curvature: np.ndarray, ei:
     return planes
 
 
-def estimate_up(planes: list[Plane], cfg: PlaneConfig) -> tuple[np.ndarray | None, int]:
-    """(up, support plane id): the largest bounding plane's normal (z-like normals favoured), or (None, -1)."""
+def camera_up(rotations: np.ndarray, max_roll: float = 10.0) -> np.ndarray | None:
+    """The up direction implied by upright cameras: (3,) unit vector, or None without cameras.
+
+    ``rotations`` are (F, 3, 3) camera-to-world rotations with OpenCV axes (x right, y down, z forward).
+    RGB-D captures are taken with the camera upright: it pans and tilts but hardly rolls, so its x axis
+    stays horizontal while its up axis (image -y) leans with the tilt (a camera looking down into a shelf
+    bin has its up axis 10-20 degrees off gravity). So up is the direction most nearly perpendicular to
+    every camera's x axis: the smallest eigenvector of ``sum x x^T``, signed like the mean image -y. When
+    all x axes are parallel (the cameras only tilt, never pan), that leaves a plane of candidates: the mean
+    image -y projected onto it. When no direction is within ``max_roll`` degrees of perpendicular to
+    every x axis on average (the cameras roll), the mean image -y itself is the best guess.
+    """
+    r = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    if r.shape[0] == 0:
+        return None
+    mean_up = -r[:, :, 1].mean(axis=0)
+    if not np.linalg.norm(mean_up) > 1e-9:
+        return None
+    mean_up /= np.linalg.norm(mean_up)
+    x = r[:, :, 0]
+    vals, vecs = np.linalg.eigh(x.T @ x / x.shape[0])  # ascending: vals[k] = mean (x . vecs[:, k])^2
+    tol = np.sin(np.radians(max_roll)) ** 2
+    if vals[0] > tol:
+        return mean_up
+    if vals[1] <= tol:  # x axes all (nearly) parallel: up lies in the plane perpendicular to them
+        basis = vecs[:, :2]
+        up = basis @ (basis.T @ mean_up)
+        if not np.linalg.norm(up) > 1e-9:
+            return mean_up
+        return up / np.linalg.norm(up)
+    up = vecs[:, 0]
+    return up if up @ mean_up >= 0 else -up
+
+
+def estimate_up(planes: list[Plane], cfg: PlaneConfig,
+                prior: np.ndarray | None = None) -> tuple[np.ndarray | None, int]:
+    """(up, support plane id or -1).
+
+    Without a prior: the largest bounding plane's normal (z-like normals favoured), or (None, -1).
+    With a prior (:func:`camera_up`): the support is the largest bounding plane whose normal is within
+    ``prior_angle`` of the prior *and* oriented along it (the scan lies above it: a floor, never a wall or
+    a ceiling), and up is its normal; when no plane qualifies, up is the prior and there is no support.
+    """
     cos_h = np.cos(np.radians(cfg.horizontal_angle))
     best, best_score = -1, 0.0
+    if prior is not None:
+        prior = np.asarray(prior, dtype=np.float64) / np.linalg.norm(prior)
+        cos_p = np.cos(np.radians(cfg.prior_angle))
+        for k, pl in enumerate(planes):
+            if pl.bound >= cfg.bound_fraction and float(pl.normal @ prior) > cos_p and pl.area > best_score:
+                best, best_score = k, pl.area
+        if best < 0:
+            return prior.copy(), -1
+        return planes[best].normal.copy(), best
     for k, pl in enumerate(planes):
         if pl.bound < cfg.bound_fraction:
             continue
@@ -177,31 +237,44 @@ def classify_planes(planes: list[Plane], xyz: np.ndarray, up: np.ndarray | None,
                     cfg: PlaneConfig) -> list[Plane]:
     """Label planes floor / wall / ceiling / other and merge coplanar architecture pieces.
 
+    Structure must bound the scan: a ceiling has (nearly) everything below it, a wall everything on one
+    side (``bound >= bound_fraction``); a plane with many points on both sides is a shelf board, a
+    partition or a box face, not architecture. Sizes are compared with the floor's area, or without a
+    floor (``support`` < 0, up known from the cameras) with the scan's footprint, and heights are measured
+    from the floor or else from the scan's lowest percentile along ``up``.
+
     Returns the architectural instances (merged; each lists its ``pieces``). ``planes`` get their ``kind``.
     """
-    if up is None or support < 0:
+    if up is None:
         return []
     cos_h = np.cos(np.radians(cfg.horizontal_angle))
     sin_h = np.sin(np.radians(cfg.horizontal_angle))
-    floor = planes[support]
-    floor_h = -floor.offset  # height of the floor along ``up`` (normal . x = -offset on the plane)
-    top = float(np.percentile(xyz @ up, 99)) - floor_h  # height of the scan above the floor
+    along = xyz @ up
+    floor = planes[support] if support >= 0 else None
+    if floor is not None:
+        floor_h = -floor.offset  # height of the floor along ``up`` (normal . x = -offset on the plane)
+        ref_area = floor.area
+    else:
+        floor_h = float(np.percentile(along, 1))
+        ref_area = footprint_area(xyz, up, h)
+    top = float(np.percentile(along, 99)) - floor_h  # height of the scan above the floor
     tol = 2.0 * cfg.dist_tol * h
     for k, pl in enumerate(planes):
         c = float(pl.normal @ up)
         if abs(c) > cos_h:
             # plane height along up: for a horizontal plane n ~ +-up, so up . x on it is -offset * sign(c)
             level = -pl.offset * np.sign(c)
-            if abs(level - floor_h) < tol:
+            if floor is not None and abs(level - floor_h) < tol:
                 pl.kind = FLOOR
-            elif c < 0 and pl.bound >= cfg.bound_fraction and pl.area >= cfg.ceiling_area_fraction * floor.area:
+            elif c < 0 and pl.bound >= cfg.bound_fraction and pl.area >= cfg.ceiling_area_fraction * ref_area:
                 pl.kind = CEILING
-        elif abs(c) < sin_h and pl.bound >= cfg.bound_fraction and pl.area >= cfg.wall_area_fraction * floor.area:
+        elif abs(c) < sin_h and pl.bound >= cfg.bound_fraction and pl.area >= cfg.wall_area_fraction * ref_area:
             # a wall rises over most of the scan's height; a large box face beside it does not
-            heights = xyz[pl.voxels] @ up
+            heights = along[pl.voxels]
             if float(np.ptp(heights)) >= cfg.wall_height_fraction * top:
                 pl.kind = WALL
-    planes[support].kind = FLOOR
+    if floor is not None:
+        floor.kind = FLOOR
     # merge coplanar pieces of the same kind (same orientation, same offset)
     arch: list[Plane] = []
     cos_m = np.cos(np.radians(cfg.angle))
@@ -217,6 +290,19 @@ def classify_planes(planes: list[Plane], xyz: np.ndarray, up: np.ndarray | None,
         else:
             arch.append(Plane(pl.normal, pl.offset, pl.voxels, pl.area, pl.bound, pl.kind, [k]))
     return arch
+
+
+def footprint_area(xyz: np.ndarray, up: np.ndarray, h: float) -> float:
+    """Area (m^2) of the scan seen from above: occupied ``h`` x ``h`` cells of the points projected on the
+    plane perpendicular to ``up``."""
+    if xyz.shape[0] == 0:
+        return 0.0
+    u = np.asarray(up, dtype=np.float64)
+    e1 = np.cross(u, [1.0, 0.0, 0.0] if abs(u[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(u, e1)
+    cells = np.floor(np.c_[xyz @ e1, xyz @ e2] / h).astype(np.int64)
+    return float(np.unique(cells, axis=0).shape[0]) * h * h
 
 
 def planes_ok(inliers: np.ndarray, cfg: PlaneConfig) -> bool:
