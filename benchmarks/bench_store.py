@@ -14,6 +14,10 @@ Per size N, in a fresh home:
    (``filtered_p50_ms``), and its peak RSS (``reader_rss_mb``);
 4. ``recall_at_10`` of those searches against exact numpy search over the stored (float16) vectors.
 
+``--vectors-uri URI`` puts each home's vectors there instead of FAISS segments (``milvus-lite:vectors.db``:
+an embedded milvus-lite file in each home; ``http://HOST:19530``: a Milvus server), recorded when the home
+is created (storage/backends.py); ``fill_s`` is then the Milvus insert time.
+
 ``--workdir DIR --keep`` keeps each filled home (``DIR/home-N``, with the stored vectors in
 ``DIR/stored-N.npz``); a later run with the same ``--workdir`` and sizes reuses it instead of filling
 again (steps 2-4 are measured afresh; ``fill_s`` / ``optimize_s`` are those of the original fill).
@@ -129,7 +133,7 @@ def fill(
     ids = np.empty(n, np.int64)
     names: list[str] = []
     t_fill = time.perf_counter()
-    with Store.open(home) as store:
+    with Store.open(home, vectors_uri=args.vectors_uri) as store:
         done = 0
         while done < n:
             batch = [make_scan(f"s{(done // PER_SCAN) + j:06d}", model, rng) for j in range(args.fill_batch)]
@@ -197,9 +201,10 @@ def run_size(n: int, args: argparse.Namespace, model: Model, workdir: Path) -> d
         top = np.argsort(-cand, axis=1)[:, :10]
         best, best_ids = np.take_along_axis(cand, top, 1), np.take_along_axis(cid, top, 1)
     recall = float(np.mean([len(set(g) & set(t.tolist())) / 10 for g, t in zip(r["ids"], best_ids)]))
-    disk = st["bytes_catalog"] + st["bytes_vectors"] + st["bytes_points"]
+    disk = st["bytes_catalog"] + st["bytes_vectors"] + st["bytes_points"] + st.get("bytes_milvus_lite", 0)
     return {
         "n": n,
+        "vectors_uri": args.vectors_uri or "embedded",
         "commit_s": statistics.median(commit_s),
         "commit_bytes": int(statistics.median(commit_bytes)),
         "remove_s": statistics.median(remove_s),
@@ -229,6 +234,8 @@ def main() -> None:
     ap.add_argument("--fill-batch", type=int, default=50, help="scans per add_scans call while filling")
     ap.add_argument("--nprobe", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vectors-uri", default=None,
+                    help="keep the vectors in Milvus: milvus-lite:vectors.db (per home) or http://HOST:19530")
     ap.add_argument("--workdir", type=Path, default=None, help="where the homes go (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the filled homes in --workdir (reused next time)")
     ap.add_argument("--json", type=Path, help="write the results here")

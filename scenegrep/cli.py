@@ -306,11 +306,14 @@ class _FrameStep(click.ParamType):
               help="With --ray: GPUs each worker reserves (0.5 = two per GPU) [default: 1 with --device cuda, "
                    "else 0].")
 @click.option("--force", is_flag=True, help="Re-index scans even if unchanged.")
+@click.option("--vectors-uri", default=None, metavar="URI",
+              help="Where a new home keeps its vectors: embedded (FAISS, the default), milvus-lite:PATH.db or "
+                   "http://HOST:19530 (Milvus); recorded by the home.")
 @click.option("--json", "as_json", is_flag=True, help="Print outcomes as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: bool, quiet: bool,
-          **options: Any) -> None:
+          vectors_uri: str | None, **options: Any) -> None:
     """Index scan folders (ScanNet or 7-Scenes layout) into the home.
 
     A folder that is not itself a scan stands for every scan folder inside it.
@@ -320,7 +323,9 @@ def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: boo
     # Ray prints its own messages (worker output, a worker's death) on stdout: send them to stderr, so
     # stdout carries the outcomes only
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if settings.ray_address else contextlib.nullcontext()
-    with _open(ctx, write=True, device=settings.device) as col, quiet_stdout:
+    opened = (_open(ctx, write=True, device=settings.device) if vectors_uri is None else
+              scenegrep.Collection(_home(ctx), write=True, device=settings.device, vectors_uri=vectors_uri))
+    with opened as col, quiet_stdout:
         if progress is None:
             outcomes = col.index(paths, settings)
         else:
@@ -592,6 +597,24 @@ def optimize(ctx: click.Context, as_json: bool) -> None:
     else:
         for key, value in report.items():
             click.echo(f"{key:<16} {value}")
+
+
+@cli.command()
+@click.option("--to", "to", required=True, metavar="URI",
+              help="milvus-lite:PATH.db (relative to the home), http://HOST:19530, or embedded (FAISS segments).")
+@click.option("--batch", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="Vectors copied per resumable step.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def migrate(ctx: click.Context, to: str, batch: int, as_json: bool) -> None:
+    """Move the home's vectors to Milvus or back to embedded FAISS segments (resumable: run it again)."""
+    with _open(ctx, write=True) as col:
+        report = col.migrate(to, batch=batch)
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(f"{'done' if report['done'] else 'stopped'}: {report['copied']} of {report['total']} vectors "
+                   f"copied; the home's vectors are in {report['to'] if report['done'] else 'the old store'}")
 
 
 # -- masks ------------------------------------------------------------------------------------------

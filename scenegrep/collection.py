@@ -59,9 +59,10 @@ class Collection:
     """
 
     def __init__(self, home: Path | str, *, write: bool = False, device: str = "cpu",
-                 store: "Store | None" = None):
+                 store: "Store | None" = None, vectors_uri: str | None = None):
         self._home = Path(home)
         self._write = write
+        self._vectors_uri = vectors_uri
         self._device = device
         self._opened = store
         self._encoder: ClipEncoder | None = None
@@ -74,7 +75,7 @@ class Collection:
         if self._opened is None:
             from scenegrep.storage import Store
 
-            self._opened = Store.open(self._home, read_only=not self._write)
+            self._opened = Store.open(self._home, read_only=not self._write, vectors_uri=self._vectors_uri)
         return self._opened
 
     @property
@@ -289,23 +290,47 @@ class Collection:
         self._require_writer("optimize")
         return self._store.optimize()
 
+    def migrate(self, to: str, *, batch: int = 20_000) -> dict[str, Any]:
+        """Move this home's vectors to ``to``: ``milvus-lite:PATH.db`` (relative to the home),
+        ``http://host:19530`` (a Milvus server), or ``embedded`` (back to FAISS segments). Resumable: an
+        interrupted run continues where it stopped when run again; the home switches in one commit at the
+        end. Returns ``{"to", "done", "copied", "total"}``.
+
+        Raises:
+            VectorsUriError: ``to`` names no vector store; MilvusError: Milvus cannot be reached.
+        """
+        from dataclasses import asdict
+
+        self._require_writer("migrate")
+        return asdict(self._store.migrate(to, batch=batch))
+
+    @property
+    def vectors_uri(self) -> str:
+        """Where this home's vectors live: ``embedded``, ``milvus-lite:PATH`` or ``http(s)://host:port``."""
+        return self._store.vectors_uri
+
     def refresh(self) -> bool:
         """Pick up what a concurrent writer committed since this collection was opened (True if anything)."""
         return bool(self._store.refresh())
 
 
-def open_collection(home: Path | str, *, write: bool = False, device: str = "cpu") -> Collection:
+def open_collection(home: Path | str, *, write: bool = False, device: str = "cpu",
+                    vectors_uri: str | None = None) -> Collection:
     """Open the home folder ``home`` (created on the first write).
 
     Args:
         home: the folder holding the catalog, vectors and point files.
         write: take the home's writer lock (needed for ``index`` and ``remove``); readers never wait.
         device: device for the models the collection loads ("cpu" or "cuda").
+        vectors_uri: where a new home keeps its vectors (``embedded``, ``milvus-lite:PATH.db``,
+            ``http://host:19530``); recorded when the home is created, and for an existing home it must
+            name the recorded one (VectorsUriMismatchError otherwise).
     """
     from scenegrep.storage import Store
     from scenegrep.storage.home import CATALOG_FILE
 
     home = Path(home).expanduser()
     if write and not (home / CATALOG_FILE).exists():
-        return Collection(home, write=True, device=device)  # created by its first write
-    return Collection(home, write=write, device=device, store=Store.open(home, read_only=not write))
+        return Collection(home, write=True, device=device, vectors_uri=vectors_uri)  # created by its first write
+    store = Store.open(home, read_only=not write, vectors_uri=vectors_uri)
+    return Collection(home, write=write, device=device, store=store, vectors_uri=vectors_uri)

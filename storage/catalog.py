@@ -46,6 +46,8 @@ __all__ = [
     "SegmentRow",
     "TombstoneRow",
     "StateRow",
+    "VectorStoreRow",
+    "VectorDeleteRow",
     "Catalog",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -187,6 +189,25 @@ class StateRow(Base):
     value: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
+class VectorStoreRow(Base):
+    """Where the home's vectors live (storage/backends.py): ``uri`` (absent: the embedded FAISS segments),
+    ``collection`` (the Milvus collection), and a migration's target while one is in progress."""
+
+    __tablename__ = "vector_store"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class VectorDeleteRow(Base):
+    """An instance id whose vector a commit removed but the external vector store (Milvus) may still hold;
+    the row goes once the store's delete succeeded (storage/milvus.py)."""
+
+    __tablename__ = "vector_deletes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
 # -- migrations --------------------------------------------------------------------------------------
 
 _V1_DDL = [
@@ -290,6 +311,17 @@ def _migrate_v3(conn: Connection) -> None:
         conn.exec_driver_sql(stmt)
 
 
+_V4_DDL = [
+    "CREATE TABLE vector_store (key VARCHAR NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE vector_deletes (id INTEGER NOT NULL PRIMARY KEY)",
+]
+
+
+def _migrate_v4(conn: Connection) -> None:
+    for stmt in _V4_DDL:
+        conn.exec_driver_sql(stmt)
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 
 #: Ordered (version, description, apply(connection)) steps; each runs in its own transaction together
@@ -298,6 +330,7 @@ MIGRATIONS: list[Migration] = [
     (1, "initial schema", _migrate_v1),
     (2, "covering index of searchable instances by scan", _migrate_v2),
     (3, "segments, tombstones and the commit counter replace generations; extent; point file checksums", _migrate_v3),
+    (4, "the vector store's URI (FAISS segments or Milvus) and Milvus deletes not yet applied", _migrate_v4),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

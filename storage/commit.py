@@ -5,11 +5,14 @@ Following DESIGN.md "Storage: one commit point, cost by the batch", a write
 1. checks and converts the whole batch before touching anything (bad input fails with nothing to undo);
 2. writes the new scans as ``pending`` with their instances in one SQLite transaction (bulk INSERTs:
    one statement per scan for all its instances), then their point files atomically;
-3. writes the batch's vectors as one new immutable segment file (storage/segfiles.py) and commits it in
-   one transaction that also makes the new scans ``indexed``, points their instances at the segment,
-   records the vectors of replaced scans as tombstones and deletes those scans (:meth:`Segments.commit`:
-   the commit point). Removing a scan writes no file at all: tombstones and a delete, one transaction.
-4. after the commit, the automatic merge policy (storage/merge.py) may merge small segments.
+3. stages the batch's vectors with the home's vector backend (storage/backends.py): the embedded
+   backend writes one new immutable segment file (storage/segfiles.py), Milvus inserts them under a
+   recorded id range (storage/milvus.py); then commits in one transaction that also makes the new scans
+   ``indexed``, points their instances at the segment (embedded), records the vectors of replaced scans
+   as deleted (tombstones, or Milvus deletes to apply) and deletes those scans (:meth:`Segments.commit`:
+   the commit point). Removing a scan writes no file at all: recorded deletes and a delete, one transaction.
+4. after the commit, the backend's follow-up: the automatic merge policy (storage/merge.py) may merge
+   small segments; Milvus applies the committed deletes.
 
 Anything that fails before the commit point is undone before the error propagates, so the previous
 state stays usable; a crash is undone by the recovery that runs when the next writer opens the home.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,10 +41,9 @@ from scenegrep.storage.catalog import (
     TombstoneRow,
     utcnow,
 )
+from scenegrep.storage.backends import VectorBackend, VectorBatch
 from scenegrep.storage.errors import NotFoundError, ScanExistsError, StoreError
-from scenegrep.storage.fileio import unlink_quietly
 from scenegrep.storage.indextypes import factory_for
-from scenegrep.storage.merge import Merger
 from scenegrep.storage.pointfiles import PointFiles
 from scenegrep.storage.reads import CatalogReader, chunks
 from scenegrep.storage.segfiles import SegmentMeta, write_segment
@@ -94,15 +97,39 @@ def _prepare(scan: ScanEntry, instances: list[InstanceEntry], dim: int) -> _Prep
     return _PreparedScan(scan, scan.row_values(), rows, np.array(masks, np.int64), vectors)
 
 
+def _batch(prepared: list[_PreparedScan], ids: np.ndarray) -> VectorBatch:
+    """The staged vectors of a batch with the filterable fields of each (scan name, tags, point count,
+    extent, proposer), in the order of ``ids``."""
+    scans: list[str] = []
+    tags: list[list[str]] = []
+    proposers: list[str] = []
+    points: list[int] = []
+    extents: list[float] = []
+    for p in prepared:
+        proposer = p.entry.info.get("proposer") if isinstance(p.entry.info, dict) else None
+        n = int(p.vector_masks.size)
+        scans += [p.entry.name] * n
+        tags += [list(dict.fromkeys(p.entry.tags))] * n
+        proposers += [proposer if isinstance(proposer, str) else ""] * n
+        for m in p.vector_masks.tolist():
+            points.append(int(p.instances[m]["point_count"]))
+            extents.append(float(p.instances[m]["extent"]))
+    dim = prepared[0].vectors.shape[1] if prepared else 0
+    vectors = np.concatenate([p.vectors for p in prepared]) if prepared else np.zeros((0, dim), np.float32)
+    return VectorBatch(ids, vectors, scans, tags, np.array(points, np.int64), np.array(extents, np.float64), proposers)
+
+
 class Writer:
     """Writes of one home (the store holds the writer lock while this exists)."""
 
-    def __init__(self, catalog: Catalog, points: PointFiles, segments: Segments, reader: CatalogReader):
+    def __init__(
+        self, catalog: Catalog, points: PointFiles, segments: Segments, reader: CatalogReader, vectors: VectorBackend
+    ):
         self._catalog = catalog
         self._points = points
         self._segments = segments
         self._reader = reader
-        self.merger = Merger(catalog, segments)
+        self._vectors = vectors
 
     def add_scans(
         self,
@@ -144,7 +171,7 @@ class Writer:
 
         new_ids: list[int] = []
         created_encoder: list[int] = []
-        written: list[SegmentMeta] = []
+        staged: Any = None
         try:
             # step 1: pending rows, then point files
             with self._catalog.transaction() as s:
@@ -154,15 +181,13 @@ class Writer:
                 new_vector_ids = self._vector_ids(s, new_ids, prepared)
             facts = [self._points.write(i, p.entry.points, p.entry.colors) for i, p in zip(new_ids, prepared)]
 
-            # step 2: the batch's vectors as one new segment file
-            if new_vector_ids.size:
-                vectors = np.concatenate([p.vectors for p in prepared])
-                written.append(self._write_segment(new_vector_ids, vectors))
+            # step 2: the batch's vectors, staged (one new segment file, or a Milvus insert)
+            staged = self._vectors.stage(_batch(prepared, new_vector_ids))
 
             # step 3: the commit point
             def apply(s: Session, segment_ids: list[int]) -> None:
                 if replaced:  # first: names are unique among indexed scans
-                    tombstone(s, list(replaced.values()))
+                    self._vectors.record_deletes(s, list(replaced.values()))
                     s.execute(delete(ScanRow).where(ScanRow.id.in_(list(replaced.values()))))
                 for scan_id, fact in zip(new_ids, facts):
                     s.execute(
@@ -182,11 +207,10 @@ class Writer:
                         .values(segment_id=segment_ids[0])
                     )
 
-            self._segments.commit(apply, add=written)
+            self._vectors.commit(apply, staged)
         except BaseException:
             self._undo_pending(new_ids, created_encoder[0] if created_encoder else None)
-            if written and not self._committed(written[0].filename):
-                unlink_quietly(self._segments.folder / written[0].filename)
+            self._vectors.abort(staged)  # also after a stage that failed half-way (Milvus reads its record)
             raise
         for scan_id in replaced.values():
             self._points.delete(scan_id)
@@ -197,23 +221,8 @@ class Writer:
             new_vector_ids.size,
             self._segments.snapshot.commit if self._segments.snapshot else None,
         )
-        self.merger.auto()
+        self._vectors.after_commit()
         return new_ids
-
-    def _write_segment(self, ids: np.ndarray, vectors: np.ndarray) -> SegmentMeta:
-        """The new vectors as a segment file (not live until the commit)."""
-        return write_segment(self._segments.folder, ids, vectors, factory_for(len(ids)))
-
-    def _committed(self, filename: str) -> bool:
-        """Whether a segment row names ``filename`` (False when that cannot be read: recovery decides)."""
-        try:
-            with self._catalog.transaction() as s:
-                self._segments.sync(s)
-            snap = self._segments.snapshot
-            return snap is not None and any(m.filename == filename for m in snap.segments.values())
-        except Exception as exc:
-            log.warning("cannot read the segments: %s", exc)
-            return False
 
     @staticmethod
     def _encoder_id(s: Session, values: dict[str, Any], created: list[int]) -> int:
@@ -282,13 +291,13 @@ class Writer:
             count = s.scalar(select(func.count()).where(InstanceRow.scan_id == scan_id)) or 0
 
         def apply(s: Session, _new: list[int]) -> None:
-            tombstone(s, [scan_id])
+            self._vectors.record_deletes(s, [scan_id])
             s.execute(delete(ScanRow).where(ScanRow.id == scan_id))
 
-        self._segments.commit(apply)
+        self._vectors.commit(apply, None)
         self._points.delete(scan_id)
         log.info("removed scan %s (%d instances)", name, count)
-        self.merger.auto()
+        self._vectors.after_commit()
         return int(count)
 
     def _undo_pending(self, scan_ids: list[int], created_encoder: int | None) -> None:
@@ -308,6 +317,11 @@ class Writer:
         for scan_id in scan_ids:
             if scan_id not in live:
                 self._points.delete(scan_id)
+
+
+def write_batch_segment(folder: Path, ids: np.ndarray, vectors: np.ndarray) -> SegmentMeta:
+    """A write's vectors as one new segment file, not live until the commit (the embedded backend's stage)."""
+    return write_segment(folder, ids, vectors, factory_for(len(ids)))
 
 
 def tombstone(s: Session, scan_ids: list[int]) -> None:

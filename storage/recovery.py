@@ -13,12 +13,19 @@ the catalog again, from catalog facts and cheap file checks (it never reads ever
 4. Point files without recorded checksums (schema 2) get them, when they can be read.
 
 Every step logs a warning saying what it did.
+
+A home whose vectors live in Milvus (storage/milvus.py) has no segments: steps 1, 2 (the ``vectors/``
+folder holds nothing live) and 4 run, and step 3 is replaced by the backend's reconcile: deleting the
+vectors of a write that died between its Milvus insert and its catalog commit (the id range it recorded
+before inserting) and applying deletes that were committed but not applied.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
@@ -34,6 +41,7 @@ from scenegrep.storage.catalog import (
     SegmentRow,
     TombstoneRow,
 )
+from scenegrep.storage.backends import EMBEDDED, VectorBackend
 from scenegrep.storage.checksums import file_facts
 from scenegrep.storage.fileio import unlink_quietly
 from scenegrep.storage.indextypes import factory_for, training_positions
@@ -80,11 +88,20 @@ def segment_count_problems(s: Session, segments: dict[int, SegmentMeta]) -> dict
     return problems
 
 
-def recover(catalog: Catalog, segments: Segments, points: PointFiles) -> None:
+def recover(
+    catalog: Catalog,
+    segments: Segments,
+    points: PointFiles,
+    vectors: VectorBackend | None = None,
+    keep: Path | None = None,
+) -> None:
     """Undo an interrupted write and check the segments against the catalog (see the module docstring).
 
+    ``vectors``: the home's backend (None or embedded: the segment checks; else its reconcile).
+    ``keep``: a path under ``vectors/`` that is not a stray (a milvus-lite file kept there).
     Leaves ``segments`` synced with the current (possibly rebuilt) state.
     """
+    external = vectors is not None and vectors.uri != EMBEDDED
     with catalog.transaction() as s:
         pending = s.scalars(select(ScanRow.name).where(ScanRow.status == STATUS_PENDING)).all()
         if pending:
@@ -102,12 +119,19 @@ def recover(catalog: Catalog, segments: Segments, points: PointFiles) -> None:
         problems = segment_count_problems(s, metas)
     live_files = {m.filename for m in metas.values()}
     for f in segments.folder.iterdir():
-        if f.name not in live_files:
+        if f.name not in live_files and (keep is None or f != keep):
             log.warning("recovery: deleting %s (no live segment points to it)", f)
             unlink_quietly(f)
     for f in list(points.strays(scan_ids)):
         log.warning("recovery: deleting %s (no scan row)", f)
         unlink_quietly(f)
+    if external:
+        assert vectors is not None
+        vectors.reconcile()
+        _record_point_checksums(catalog, points)
+        with catalog.transaction() as s:
+            segments.sync(s)
+        return
     for seg_id, meta in metas.items():
         if seg_id not in problems:
             found = segment_problem(segments.folder, meta, full=False)
@@ -122,9 +146,16 @@ def recover(catalog: Catalog, segments: Segments, points: PointFiles) -> None:
         segments.sync(s)
 
 
-def rebuild(catalog: Catalog, segments: Segments, segment_ids: list[int], dim: int) -> int:
+def rebuild(
+    catalog: Catalog,
+    segments: Segments,
+    segment_ids: list[int],
+    dim: int,
+    also: Callable[[Session], None] | None = None,
+) -> int:
     """Replace these segments (and give searchable instances without a segment one) by one new segment
-    built from the catalog's float16 vectors, in one commit. Returns the vectors written."""
+    built from the catalog's float16 vectors, in one commit (which also runs ``also(session)``: a
+    migration's switch). Returns the vectors written."""
     table = InstanceRow.__table__
     written: list[SegmentMeta] = []
     with catalog.transaction() as s:  # streamed like a merge (storage/merge.py): bounded memory at any size
@@ -158,6 +189,8 @@ def rebuild(catalog: Catalog, segments: Segments, segment_ids: list[int], dim: i
         s.execute(update(InstanceRow).where(InstanceRow.segment_id.in_(segment_ids)).values(segment_id=target))
         for start in range(0, len(moved), 900):
             s.execute(update(InstanceRow).where(InstanceRow.id.in_(moved[start : start + 900])).values(segment_id=target))
+        if also is not None:
+            also(s)
 
     try:
         segments.commit(apply, add=written, retire=list(retired))

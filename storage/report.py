@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 from sqlalchemy import func, select
 
+from scenegrep.storage.backends import EMBEDDED, VectorBackend
 from scenegrep.storage.catalog import (
     STATUS_INDEXED,
     STATUS_PENDING,
@@ -42,9 +43,16 @@ def _size(paths: Iterable[Path]) -> int:
     return total
 
 
-def stats(layout: HomeLayout, catalog: Catalog, segments: Segments, encoder: EncoderIdentity | None) -> dict[str, Any]:
+def stats(
+    layout: HomeLayout,
+    catalog: Catalog,
+    segments: Segments,
+    encoder: EncoderIdentity | None,
+    vectors: VectorBackend | None = None,
+) -> dict[str, Any]:
     """Counts and sizes: home, scans, instances, searchable, vectors (live, searchable), dim, encoder,
-    generation (the commit number), segments, tombstones, index_types ({factory: segments}), bytes_*."""
+    generation (the commit number), segments, tombstones, index_types ({factory: segments}), bytes_*;
+    with a Milvus ``vectors`` backend also vectors_uri, milvus_collection, milvus_entities."""
     with catalog.transaction() as s:
         segments.sync(s)
         indexed = select(ScanRow.id).where(ScanRow.status == STATUS_INDEXED)
@@ -63,12 +71,13 @@ def stats(layout: HomeLayout, catalog: Catalog, segments: Segments, encoder: Enc
     types: dict[str, int] = {}
     for meta in snap.segments.values():
         types[meta.factory] = types.get(meta.factory, 0) + 1
-    return {
+    external = vectors is not None and vectors.uri != EMBEDDED
+    out = {
         "home": str(layout.root),
         "scans": int(n_scans),
         "instances": int(n_inst),
         "searchable": int(n_search),
-        "vectors": snap.live,
+        "vectors": vectors.count() if external and vectors is not None else snap.live,
         "dim": encoder.dim if encoder is not None else None,
         "encoder": encoder.describe() if encoder is not None else None,
         "generation": snap.commit,
@@ -79,6 +88,9 @@ def stats(layout: HomeLayout, catalog: Catalog, segments: Segments, encoder: Enc
         "bytes_vectors": _size(layout.vectors.iterdir()),
         "bytes_points": _size(layout.points.iterdir()),
     }
+    if external and vectors is not None:
+        out.update(vectors.stats())
+    return out
 
 
 def _segment_ids(folder: Path, meta: SegmentMeta, dim: int) -> np.ndarray:
@@ -97,14 +109,23 @@ def _segment_ids(folder: Path, meta: SegmentMeta, dim: int) -> np.ndarray:
 
 
 def verify(
-    catalog: Catalog, segments: Segments, points: PointFiles, encoder: EncoderIdentity | None, *, full: bool = True
+    catalog: Catalog,
+    segments: Segments,
+    points: PointFiles,
+    encoder: EncoderIdentity | None,
+    *,
+    full: bool = True,
+    vectors: VectorBackend | None = None,
+    keep: Path | None = None,
 ) -> list[str]:
     """Check every invariant the store relies on; returns one line per problem (empty = healthy).
 
     ``full``: check every byte of every segment and point file against its CRC-32 and compare each
     segment's ids with the catalog's (reads the whole home); otherwise sizes, edge checksums and counts.
-    Always decodes every mask.
+    Always decodes every mask. A Milvus ``vectors`` backend replaces the segment checks by its own
+    (storage/milvus.py); ``keep``: a milvus-lite file under ``vectors/`` that is not a stray.
     """
+    external = vectors is not None and vectors.uri != EMBEDDED
     problems: list[str] = []
     dim = encoder.dim if encoder else 0
     with catalog.transaction() as s:
@@ -114,7 +135,8 @@ def verify(
         metas = {r.id: SegmentMeta.from_row(r) for r in s.scalars(select(SegmentRow).order_by(SegmentRow.id))}
         if scans and encoder is None:
             problems.append("scans exist but no encoder is recorded")
-        problems += list(segment_count_problems(s, metas).values())
+        if not external:
+            problems += list(segment_count_problems(s, metas).values())
         damaged: set[int] = set()
         for seg_id, meta in metas.items():
             found = segment_problem(segments.folder, meta, full=full)
@@ -181,6 +203,10 @@ def verify(
                 problems.append(f"instance {iid}: vector of {len(vec)} bytes, expected {vec_bytes}")
         all_ids = set(s.scalars(select(ScanRow.id)))
     live_files = {m.filename for m in metas.values()}
-    problems += [f"stray file {f}" for f in segments.folder.iterdir() if f.name not in live_files]
+    problems += [
+        f"stray file {f}" for f in segments.folder.iterdir() if f.name not in live_files and (keep is None or f != keep)
+    ]
+    if external and vectors is not None:
+        problems += vectors.verify(full)
     problems += [f"stray file {f}" for f in points.strays(all_ids)]
     return problems

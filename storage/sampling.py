@@ -24,9 +24,9 @@ _SCAN_ROWS = 20_000  # vectors per chunk of the exact scan (30 MB of float16 at 
 
 
 def _live_where(stmt):  # noqa: ANN001, ANN202 (a Select)
-    return stmt.join(_S, _S.c.id == _I.c.scan_id).where(
-        _S.c.status == STATUS_INDEXED, _I.c.searchable.is_(True), _I.c.segment_id.is_not(None)
-    )
+    # no segment condition: a Milvus home's instances have none (after recovery every live one of an
+    # embedded home has one, so the set is the same there)
+    return stmt.join(_S, _S.c.id == _I.c.scan_id).where(_S.c.status == STATUS_INDEXED, _I.c.searchable.is_(True))
 
 
 def live_ids(s: Session) -> np.ndarray:

@@ -17,6 +17,9 @@ Each job lives in its own module; ``Store`` wires them together and keeps the pu
 - :mod:`~scenegrep.storage.report`: ``stats`` and ``verify``; :mod:`~scenegrep.storage.sampling`: reference
   vectors and recall@10.
 - :mod:`~scenegrep.storage.guard`: every public method turns an escaping ``OSError`` into a ``FileAccessError``.
+- :mod:`~scenegrep.storage.backends`: where the vectors live (``VectorBackend``): the embedded segments above
+  (the default) or Milvus (:mod:`~scenegrep.storage.milvus`, with :mod:`~scenegrep.storage.milvus_filters`),
+  chosen when the home is created and recorded in the catalog; :meth:`Store.migrate` moves them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ from typing import Any
 
 import numpy as np
 
+from scenegrep.storage.backends import (
+    COLLECTION_KEY,
+    EMBEDDED,
+    FaissBackend,
+    VectorBackend,
+    VectorsUriMismatchError,
+    parse_vectors_uri,
+    record_uri,
+    recorded,
+    recorded_uri,
+)
 from scenegrep.storage.catalog import Catalog
 from scenegrep.storage.commit import Writer
 from scenegrep.storage.errors import StoreError
@@ -39,13 +53,15 @@ from scenegrep.storage.query import Searcher, SearchSettings
 from scenegrep.storage.reads import CatalogReader
 from scenegrep.storage.records import EncoderIdentity, InstanceEntry, InstanceInfo, ScanEntry, ScanInfo
 from scenegrep.storage.repair import Reread
-from scenegrep.storage.segments import Segments
+from scenegrep.storage.backends import MigrationReport, new_collection_name
+from scenegrep.storage.segments import Segments, commit_number
 from scenegrep.storage import recovery, repair, report, sampling
 
 __all__ = [
     "Store",
     "SearchSettings",
     "MergeReport",
+    "MigrationReport",
     "EncoderIdentity",
     "ScanEntry",
     "InstanceEntry",
@@ -81,41 +97,107 @@ class Store:
         self._segments = Segments(layout.vectors, catalog)
         self._reader = CatalogReader(catalog, self._points)
         self._searcher = Searcher(catalog, self._segments)
-        self._writer = Writer(catalog, self._points, self._segments, self._reader) if lock is not None else None
+        self._vectors: VectorBackend = FaissBackend(catalog, self._segments, self._searcher)
+        self._writer = (
+            Writer(catalog, self._points, self._segments, self._reader, self._vectors) if lock is not None else None
+        )
         self._reference: tuple[int, int, int, np.ndarray] | None = None  # (commit, n, seed, vectors)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, home: Path | str, *, read_only: bool = False, settings: SearchSettings | None = None) -> Store:
+    def open(
+        cls,
+        home: Path | str,
+        *,
+        read_only: bool = False,
+        settings: SearchSettings | None = None,
+        vectors_uri: str | None = None,
+    ) -> Store:
         """Open ``home``, creating it (writer only) with ``catalog.sqlite``, ``vectors/`` and ``points/``.
 
         ``settings``: default approximate-search settings of this store (``nprobe``, ``ef_search``).
+        ``vectors_uri``: where the vectors live (``embedded``, ``milvus-lite:PATH.db``, ``http://host:19530``;
+        storage/backends.py). Recorded when a writer creates the home (an empty one); for an existing home
+        it must name the recorded one. None: whatever the home records (embedded for a new home).
 
         Raises:
             StoreLockedError: another writer holds the home.
             CatalogVersionError: the catalog is newer than this code.
             CatalogError: ``catalog.sqlite`` is damaged or not a catalog.
             StoreError: ``read_only`` and there is no catalog.
+            VectorsUriError: ``vectors_uri`` names no vector store.
+            VectorsUriMismatchError: ``vectors_uri`` differs from what the home records.
+            MilvusError: the home's Milvus cannot be opened.
         """
         store = cls(*open_home(home, read_only=read_only))
         if settings is not None:
             store.search_settings = settings
         try:
+            store._choose_backend(vectors_uri)
             if read_only:
                 store._segments.refresh()  # the segment rows and cheap file checks; no vectors are read
             else:
-                recovery.recover(store._catalog, store._segments, store._points)
+                recovery.recover(store._catalog, store._segments, store._points, store._vectors, store._lite_file())
         except BaseException:
             store.close()
             raise
         return store
 
+    def _choose_backend(self, vectors_uri: str | None) -> None:
+        """Record ``vectors_uri`` on a new home, check it against an existing one, open the backend."""
+        changed = False
+        with self._catalog.transaction() as s:
+            current = recorded_uri(s)
+            collection = recorded(s, COLLECTION_KEY)
+            empty = commit_number(s) == 0  # nothing committed yet: the choice may still change
+            if vectors_uri is not None:
+                wanted = parse_vectors_uri(vectors_uri, self.home)
+                if wanted.text != current:
+                    if self.read_only or not empty:
+                        raise VectorsUriMismatchError(
+                            f"{self.home} keeps its vectors in {current}, not {wanted.text}; "
+                            "the vectors URI is chosen when a home is created (move them with `scenegrep migrate`)"
+                        )
+                    current = wanted.text
+                    collection = new_collection_name() if wanted.is_milvus else None
+                    changed = True
+        self._use_backend(current, collection)  # first: a URI that cannot be opened is not recorded
+        if changed:
+            with self._catalog.transaction() as s:
+                record_uri(s, current, collection)
+
+    def _use_backend(self, uri: str, collection: str | None) -> None:
+        parsed = parse_vectors_uri(uri, self.home)
+        if not parsed.is_milvus:
+            backend: VectorBackend = FaissBackend(self._catalog, self._segments, self._searcher)
+        else:
+            from scenegrep.storage.milvus import MilvusBackend  # pymilvus only for Milvus homes
+
+            if not collection:
+                raise StoreError(f"{self.home}: the catalog records {uri} but no Milvus collection")
+            backend = MilvusBackend(self._catalog, self._segments, parsed, collection)
+        old, self._vectors = self._vectors, backend
+        if old is not backend and old.uri != EMBEDDED:
+            old.close()
+        if self._writer is not None:
+            self._writer._vectors = backend
+
+    def _lite_file(self) -> Path | None:
+        parsed = parse_vectors_uri(self._vectors.uri, self.home)
+        return parsed.path if parsed.kind == "milvus-lite" else None
+
+    @property
+    def vectors_uri(self) -> str:
+        """Where this home's vectors live (``embedded``, ``milvus-lite:PATH`` or ``http(s)://host:port``)."""
+        return self._vectors.uri
+
     def close(self) -> None:
-        """Release the catalog and the writer lock (idempotent)."""
+        """Release the catalog, the vector store and the writer lock (idempotent)."""
         self._catalog.close()
         if self._lock is not None:
             self._lock.release()
+        self._vectors.close()
         self._segments.clear()
 
     def __enter__(self) -> Store:
@@ -235,17 +317,15 @@ class Store:
                 nprobe if nprobe is not None else settings.nprobe,
                 ef_search if ef_search is not None else settings.ef_search,
             )
-        return self._searcher.search(queries, k, filt, settings)
+        return self._vectors.search(queries, k, filt, settings)
 
     def refresh(self) -> bool:
         """Follow a writer's newer commit, if any; True when this store's view changed."""
-        return self._segments.refresh()
+        return self._vectors.refresh()
 
     def vector_count(self) -> int:
         """Live searchable vectors (as of the latest commit)."""
-        self._segments.refresh()
-        assert self._segments.snapshot is not None
-        return self._segments.snapshot.live
+        return self._vectors.count()
 
     def instance_indices(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """``{id: sorted (n,) uint32 point indices}`` of each existing instance, decoded in bulk."""
@@ -317,18 +397,27 @@ class Store:
     def optimize(self) -> MergeReport:
         """Merge every segment into one without tombstones, of the index type its size calls for (IVF
         trained on the collection's vectors above 20,000), in one crash-safe commit. Writers also merge
-        small segments automatically after each commit (storage/merge.py)."""
-        return self._require_writer().merger.optimize()
+        small segments automatically after each commit (storage/merge.py). A Milvus home: applies pending
+        deletes and asks Milvus to compact the collection (``factory`` "milvus")."""
+        self._require_writer()
+        return self._vectors.optimize()
 
     def repair(self, reread: Reread | None = None) -> tuple[list[str], list[str]]:
         """Rebuild damaged or missing segments from the catalog's float16 vectors and point files by
         re-reading their scans (``reread(source_path) -> (points, colors)``, e.g. the indexer's reader).
+
+        A Milvus home: writes every live vector from the catalog to its collection again (upserts).
 
         Returns:
             ``(done, not_done)``: one line per thing rebuilt, one per thing that could not be.
         """
         self._require_writer()
         enc = self.encoder()
+        if self._vectors.uri != EMBEDDED:
+            from scenegrep.storage.milvus import copy_live_vectors
+
+            copied = copy_live_vectors(self._catalog, self._vectors, enc.dim if enc else 0)  # type: ignore[arg-type]
+            return [f"wrote {copied} live vectors to {self._vectors.uri} again"], []
         return repair.repair(self._catalog, self._segments, self._points, enc.dim if enc else None, reread)
 
     # -- reporting -------------------------------------------------------------------------------
@@ -336,9 +425,37 @@ class Store:
     def stats(self) -> dict[str, Any]:
         """Counts and sizes: home, scans, instances, searchable, vectors, dim, encoder, generation (the
         commit number), segments, tombstones, index_types, bytes_*."""
-        return report.stats(self._layout, self._catalog, self._segments, self.encoder())
+        return report.stats(self._layout, self._catalog, self._segments, self.encoder(), self._vectors)
 
     def verify(self, full: bool = True) -> list[str]:
         """Check every invariant the store relies on; returns one line per problem (empty = healthy).
         ``full``: every byte of every file and every segment's ids (else sizes, edge checksums, counts)."""
-        return report.verify(self._catalog, self._segments, self._points, self.encoder(), full=full)
+        return report.verify(
+            self._catalog, self._segments, self._points, self.encoder(), full=full, vectors=self._vectors,
+            keep=self._lite_file(),
+        )
+
+    # -- moving the vectors ----------------------------------------------------------------------
+
+    def migrate(self, to: str, *, batch: int = 20_000, max_batches: int | None = None) -> MigrationReport:
+        """Move this home's vectors to ``to`` (``milvus-lite:PATH.db``, ``http://host:19530`` or
+        ``embedded``), resumably (storage/milvus.py "Migration"); the home records the new backend in one
+        commit at the end.
+
+        Args:
+            batch: vectors copied per step (each step records its progress in the catalog).
+            max_batches: stop after this many steps (``done`` is then False; calling again continues).
+
+        Raises:
+            StoreError (opened read-only), VectorsUriError, MilvusError.
+        """
+        self._require_writer()
+        from scenegrep.storage.milvus import migrate
+
+        result = migrate(self._catalog, self._segments, self._vectors, self.home, to, batch, max_batches)
+        if result.done:
+            with self._catalog.transaction() as s:
+                uri, collection = recorded_uri(s), recorded(s, COLLECTION_KEY)
+            if uri != self._vectors.uri:
+                self._use_backend(uri, collection)
+        return result

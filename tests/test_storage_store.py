@@ -435,7 +435,7 @@ def test_migrations_match_models(tmp_path):
         with catalog.engine.connect() as con:
             assert con.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert con.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert catalog.schema_version() == 3
+        assert catalog.schema_version() == 4
     finally:
         catalog.close()
 
@@ -490,7 +490,7 @@ def test_v1_catalog_is_upgraded_by_a_writer(two_scans, home, monkeypatch):
         assert again.is_unchanged("a", make_scan("a", 1)[0].content_hash)  # point checksums were recorded
     with sqlite3.connect(home / "catalog.sqlite") as con:
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
+        assert con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 4
     assert "ix_instances_scan_searchable" in names and "ix_instances_filter" in names
     assert "gen-1.faiss" not in files(home, "vectors") and len(files(home, "vectors")) == 1
 
