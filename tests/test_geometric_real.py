@@ -347,7 +347,8 @@ def _best_ious(masks, gt, ids):
 def test_labelfusion_shelf_gravity_and_structure(shelf):
     """Gravity comes from the upright cameras (world z here), not from the largest bounding plane (a side
     wall of the bin, which made the opposite wall with the straws on it a "ceiling"); no structure mask
-    takes more than 5 % of either object. Box: IoU >= 0.5 (the issue's target); straws: measured 0.358."""
+    takes more than 5 % of either object. Box: measured 0.836 (0.511 before the colour splits: its cyan
+    print is a colour part of a cyan-and-white region); straws: measured 0.358."""
     _, gt, masks, debug = shelf
     assert debug["up"] @ np.array([0.0, 0.0, 1.0]) > np.cos(np.radians(2))
     kinds = list(debug["kind"])
@@ -357,13 +358,15 @@ def test_labelfusion_shelf_gravity_and_structure(shelf):
         in_structure = max((inside[m].sum() for m, k in zip(masks, kinds) if k != "object"), default=0)
         assert in_structure <= 0.05 * inside.sum(), (g, in_structure)
     straws, box = _best_ious(masks, gt, (48, 132))
-    assert box >= 0.5 and straws >= 0.3, (straws, box)
+    assert box >= 0.8 and straws >= 0.3, (straws, box)
 
 
 @pytest.mark.xfail(strict=True, reason="issue 10 target not met: the straws' best IoU is 0.358. Their label "
                    "covers only the red part of the bag (its white straws are background: the bag's superpoint "
                    "holds 76 labelled and 82 unlabelled points) and bleeds ~25 points onto the walls; the "
-                   "default superpoints allow at most 0.39 (BENCHMARKS.md, 'Proposers x scans')")
+                   "default superpoints allow at most 0.39, and so do colour clusters (2-4 means over the bag's "
+                   "regions), as the labelled points' own colours range from red to near black "
+                   "(BENCHMARKS.md, 'Proposers x scans')")
 def test_labelfusion_shelf_each_object_iou_half(shelf):
     """The issue's target: each labelled object gets a mask with IoU >= 0.5."""
     _, gt, masks, _ = shelf

@@ -441,3 +441,80 @@ def test_geometric_ap50_floor_on_synthetic_scan(synth_scans):
         r = evaluate_scan_dir(scan_dir, make_proposer("geometric"))
         assert r.ap50 >= 0.75, (scan_dir.name, r)
         assert r.ap >= 0.6, (scan_dir.name, r)
+
+
+# -- colour splits -----------------------------------------------------------------------------------
+
+
+def _flat_patch(colour_of, n=40, seed=0):
+    """An n x n grid of voxels (1 cm) on a plane, with 4-neighbour adjacency; ``colour_of(x, y, rng)``
+    gives each voxel's rgb in [0, 1]."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    xs, ys = xs.ravel(), ys.ravel()
+    rgb = np.clip(np.array([colour_of(x, y, rng) for x, y in zip(xs, ys)]), 0, 1)
+    idx = xs * n + ys
+    right = idx[xs < n - 1]
+    down = idx[ys < n - 1]
+    i = np.r_[right, down]
+    j = np.r_[right + n, down + 1]
+    adj = sp.csr_matrix((np.ones(2 * i.size), (np.r_[i, j], np.r_[j, i])), shape=(n * n, n * n))
+    return rgb, adj, xs
+
+
+def test_colour_split_finds_two_coloured_halves_despite_noise():
+    """A region whose left 40 % is a dull red and the rest a grey of similar lightness (with per-voxel
+    noise and one shading gradient) splits into those two parts, each connected; the speckle of noise does
+    not survive the smoothing."""
+    from scenegrep.indexer.proposals.colour import ColourSplitConfig, lab_features, split_region
+
+    def colour(x, y, rng):
+        shade = 0.7 + 0.3 * y / 40  # lightness changes across the patch, hue does not
+        base = np.array([0.55, 0.2, 0.22]) if x < 16 else np.array([0.4, 0.4, 0.4])
+        return base * shade + rng.normal(0, 0.04, 3)
+
+    rgb, adj, xs = _flat_patch(colour)
+    cfg = ColourSplitConfig()
+    parts = split_region(np.arange(len(rgb)), lab_features(rgb, cfg), np.ones(len(rgb), np.int64), adj, cfg)
+    assert len(parts) == 2
+    red = max(parts, key=lambda p: np.mean(xs[p] < 16))
+    truth = np.flatnonzero(xs < 16)
+    inter = np.intersect1d(red, truth).size
+    assert inter / (red.size + truth.size - inter) > 0.95
+
+
+def test_colour_split_leaves_one_coloured_texture_alone():
+    """Texture and noise (one hue, strong lightness and chroma noise, a shading gradient) are not a second
+    colour: Ashman's D of the two means stays low and nothing is split. Nor is a region under
+    ``min_voxels``."""
+    from scenegrep.indexer.proposals.colour import ColourSplitConfig, lab_features, split_region
+
+    def colour(x, y, rng):
+        return np.array([0.5, 0.42, 0.3]) * (0.5 + 0.5 * x / 40) + rng.normal(0, 0.06, 3)
+
+    rgb, adj, _ = _flat_patch(colour)
+    cfg = ColourSplitConfig()
+    lab = lab_features(rgb, cfg)
+    assert split_region(np.arange(len(rgb)), lab, np.ones(len(rgb), np.int64), adj, cfg) == []
+    two = np.r_[np.zeros((20, 3)), np.ones((19, 3))]
+    small = ColourSplitConfig(min_voxels=40)
+    assert split_region(np.arange(39), lab_features(two, small), np.ones(39, np.int64), adj[:39, :39], small) == []
+
+
+def test_colour_parts_rank_below_every_hierarchy_mask(room):
+    """Colour parts are extra candidates: with them the hierarchy's masks and their order are the same as
+    without, and every part scores below every one of them."""
+    from scenegrep.indexer.proposals.colour import ColourSplitConfig
+
+    points, colors, _ = room
+    dbg: dict = {}
+    on = propose_points(points, colors, GeometricConfig(max_proposals=None), None, dbg)[0]
+    off = propose_points(points, colors, GeometricConfig(max_proposals=None, colour=ColourSplitConfig(enabled=False)),
+                         None)[0]
+    part = np.asarray(dbg["colour_part"])
+    assert part.any() and len(dbg["kind"]) == len(on)
+    hier = on.select(np.flatnonzero(~part))
+    assert np.array_equal(hier.offsets, off.offsets) and np.array_equal(hier.point_indices, off.point_indices)
+    assert on.scores[part].max() <= on.scores[~part].min()
