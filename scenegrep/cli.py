@@ -376,7 +376,7 @@ def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: boo
               help="Only hits whose calibrated relevance (0..1, see README) is at least this.")
 @click.option("--templates", is_flag=True, help="Average a text query over a prompt-template ensemble.")
 @click.option("--nprobe", type=click.IntRange(1, 65536), default=None,
-              help="IVF lists visited in compressed vector segments [default: nlist/32, at least 16]; more is "
+              help="IVF lists visited in compressed vector segments [default: nlist/32, at least 32]; more is "
                    "slower and closer to exact.")
 @_device_option
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")

@@ -182,7 +182,7 @@ class Collection:
             filters: ``scans``, ``tags`` (a hit's scan carries all of them), ``min_points``, ``max_points``,
                 ``min_extent``, ``max_extent`` (largest side of the box, metres), ``proposer``; applied
                 inside the vector search, so k hits come back whenever k match. ``nprobe``: IVF lists
-                visited in compressed segments (default: the store's, nlist / 32, at least 16).
+                visited in compressed segments (default: the store's, nlist / 32, at least 32).
         """
         options = self._search_options(all, min_score, filters)
         if isinstance(query, str):

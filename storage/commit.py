@@ -321,7 +321,7 @@ class Writer:
 
 def write_batch_segment(folder: Path, ids: np.ndarray, vectors: np.ndarray) -> SegmentMeta:
     """A write's vectors as one new segment file, not live until the commit (the embedded backend's stage)."""
-    return write_segment(folder, ids, vectors, factory_for(len(ids)))
+    return write_segment(folder, ids, vectors, factory_for(len(ids), int(vectors.shape[1])))
 
 
 def tombstone(s: Session, scan_ids: list[int]) -> None:

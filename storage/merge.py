@@ -129,7 +129,7 @@ class Merger:
         ids = list(snap.segments)
         if len(ids) == 1 and not snap.tombstones.get(ids[0], np.zeros(0)).size:
             meta = snap.segments[ids[0]]
-            if meta.factory == factory_for(meta.ntotal):
+            if meta.factory == factory_for(meta.ntotal, snap.dim or 0):
                 return MergeReport(0, 0, meta.ntotal, meta.factory)
         return self.merge(ids)
 
@@ -145,7 +145,7 @@ class Merger:
         with self._catalog.transaction() as s:
             ids = live_ids(s, segment_ids)
             if ids.size:
-                factory = factory_for(ids.size)
+                factory = factory_for(ids.size, dim)
                 pick = training_positions(factory, ids.size)
                 sample = vectors_by_id(s, ids[pick], dim) if pick is not None else None
                 written.append(

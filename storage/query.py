@@ -4,10 +4,14 @@ One read transaction per search: it syncs the snapshot (storage/segments.py), li
 (storage/filters.py) and fetches re-ranking vectors, so everything a search sees belongs to one commit.
 Each segment is searched inside FAISS with an ``IDSelector``: the filter's ids of that segment (a
 bitmap, :func:`id_selector`) or, unfiltered, everything but its tombstones (``IDSelectorNot``). Segments no
-allowed id lives in are skipped. Approximate (IVF) segments return :data:`RERANK` x k candidates that are
-re-scored exactly with the catalog's float16 vectors, so every score is an exact cosine. ``k`` is clamped
-to the number of eligible vectors first, so a huge k never allocates more than the collection. The id
-selectors of the last few filters are cached until the next commit.
+allowed id lives in are skipped. Approximate (IVF) segments return ``rerank_for(factory)`` x k candidates
+(storage/indextypes.py) that are re-scored exactly with the catalog's float16 vectors, so every score is an
+exact cosine. A filter that leaves at most :data:`EXACT_FILTER_MAX` ids of an approximate segment scores
+them exactly from those vectors without FAISS (cheaper than visiting every list, and exact); a larger
+filtered search that finds fewer candidates than it asked for while more are eligible is repeated with
+twice the lists (up to all), so a filtered query returns k hits whenever k exist. ``k`` is clamped to the
+number of eligible vectors first, so a huge k never allocates more than the collection. The id selectors
+of the last few filters are cached until the next commit.
 """
 
 from __future__ import annotations
@@ -21,18 +25,18 @@ from sqlalchemy.orm import Session
 
 from scenegrep.storage.catalog import Catalog, InstanceRow
 from scenegrep.storage.filters import InstanceFilter, filtered_ids
-from scenegrep.storage.indextypes import is_exact, search_params, threads_for
+from scenegrep.storage.indextypes import is_exact, nlist_of, rerank_for, search_params, threads_for
 from scenegrep.storage.reads import chunks
 from scenegrep.storage.records import VECTOR_DTYPE
 from scenegrep.storage.segments import RetiredSegmentError, Segments
 
-__all__ = ["Searcher", "SearchSettings", "normalized_queries", "RERANK"]
+__all__ = ["Searcher", "SearchSettings", "normalized_queries", "EXACT_FILTER_MAX"]
 
 log = logging.getLogger(__name__)
 
 Hits = list[list[tuple[int, float]]]
 FILTER_CACHE = 8  # filters whose per-segment id selectors are kept (per commit)
-RERANK = 4  # candidates per wanted hit taken from an approximate segment, re-scored exactly
+EXACT_FILTER_MAX = 2048  # filtered ids of an approximate segment scored exactly from the catalog (~1-3 ms)
 # a merge may delete a file between reading a snapshot and pinning it (storage/segments.py): search the
 # newer commit; each further attempt needs yet another writer commit inside that microsecond window
 _ATTEMPTS = 20
@@ -43,7 +47,7 @@ class SearchSettings:
     """Approximate-search settings (see storage/indextypes.py for the defaults).
 
     Attributes:
-        nprobe: inverted lists visited per IVF segment; None: nlist / 32, at least 16.
+        nprobe: inverted lists visited per IVF segment; None: nlist / 32, at least 32.
         ef_search: efSearch of an HNSW coarse quantizer; None: 64 (at least nprobe).
     """
 
@@ -176,15 +180,13 @@ class Searcher:
                 if eligible <= 0:
                     continue
                 exact = is_exact(meta.factory)
-                kk = min(eligible, k if exact else k * RERANK)
-                params = search_params(
-                    meta.factory,
-                    selector,
-                    nprobe=settings.nprobe,
-                    ef_search=settings.ef_search,
-                    eligible_fraction=eligible / meta.ntotal,
-                )
-                d, i = self._segments.index(meta).search(q, kk, params=params)
+                if not exact and by_segment is not None and eligible <= EXACT_FILTER_MAX:
+                    d, i = self._exact_subset(s, q, allowed, min(eligible, k))
+                    cand_ids.append(i)
+                    cand_scores.append(d)
+                    continue
+                kk = min(eligible, k * rerank_for(meta.factory))
+                d, i = self._search_segment(meta, q, kk, selector, settings, eligible)
                 cand_ids.append(i)
                 cand_scores.append(d)
                 if not exact:
@@ -196,6 +198,45 @@ class Searcher:
             if approx_ids:
                 scores_all = self._rescore(s, q, ids_all, scores_all, np.concatenate(approx_ids))
         return self._top_k(ids_all, scores_all, k)
+
+    def _search_segment(
+        self, meta, q: np.ndarray, kk: int, selector: faiss.IDSelector | None, settings: SearchSettings, eligible: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's top-``kk`` of one segment; an IVF search that came back short of ``kk`` although
+        ``eligible`` >= kk vectors may match is repeated with twice the lists until it is not (or every list
+        was visited): a selective filter's matches may all lie outside the lists first chosen."""
+        index = self._segments.index(meta)
+        nlist = nlist_of(meta.factory)
+        widen = 1
+        while True:
+            params = search_params(
+                meta.factory,
+                selector,
+                nprobe=settings.nprobe,
+                ef_search=settings.ef_search,
+                eligible_fraction=eligible / meta.ntotal,
+                widen=widen,
+            )
+            d, i = index.search(q, kk, params=params)
+            short = bool((i[:, kk - 1] < 0).any())
+            if not short or nlist is None or params.nprobe >= nlist:
+                return d, i
+            widen *= 2
+
+    @staticmethod
+    def _exact_subset(s: Session, q: np.ndarray, allowed: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``kk`` of the ``allowed`` ids (sorted) from the catalog's float16 vectors: (scores, ids)
+        each (q, kk), padded with -1 ids where fewer exist."""
+        known, vectors = exact_vectors(s, allowed)
+        out_d = np.full((q.shape[0], kk), -np.inf, np.float32)
+        out_i = np.full((q.shape[0], kk), -1, np.int64)
+        if known.size:
+            scores = q @ vectors.T
+            n = min(kk, known.size)
+            top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < known.size else np.tile(np.arange(n), (q.shape[0], 1))
+            out_d[:, :n] = np.take_along_axis(scores, top, 1)
+            out_i[:, :n] = known[top]
+        return out_d, out_i
 
     def _filter_selectors(
         self, s: Session, commit: int, filt: InstanceFilter

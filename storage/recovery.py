@@ -174,7 +174,7 @@ def rebuild(
         retired = {r.id: r.filename for r in s.scalars(select(SegmentRow).where(SegmentRow.id.in_(segment_ids)))}
         ids = np.sort(np.concatenate([owned, orphans]))
         if ids.size:
-            factory = factory_for(ids.size)
+            factory = factory_for(ids.size, dim)
             pick = training_positions(factory, ids.size)
             sample = vectors_by_id(s, ids[pick], dim) if pick is not None else None
             orphan_batches = (

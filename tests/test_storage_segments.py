@@ -229,9 +229,9 @@ def ivf_store(home, monkeypatch):
 
 def test_ivf_segment_recall_filters_and_exact_scores(ivf_store):
     st = ivf_store.stats()
-    assert list(st["index_types"]) == ["IVF64,SQ8"]
+    assert list(st["index_types"]) == ["IVF128,PQ16x4fs"]  # 3,000 vectors: 2 sqrt(n) lists, 4-bit fast scan
     assert ivf_store.recall_at_10(sample=100) >= 0.9
-    assert ivf_store.recall_at_10(sample=100, nprobe=64) == 1.0  # every list: exhaustive
+    assert ivf_store.recall_at_10(sample=100, nprobe=128) == 1.0  # every list: exhaustive
     hits = ivf_store.search(QUERIES, 10)
     for query, row in zip(QUERIES, hits):  # re-ranked: every score is the exact cosine of the stored vector
         vecs = ivf_store.instance_vectors([i for i, _ in row])
@@ -241,7 +241,7 @@ def test_ivf_segment_recall_filters_and_exact_scores(ivf_store):
     for f in (InstanceFilter(scans=("s3",)), InstanceFilter(min_points=100), InstanceFilter(scans=("s1",), max_points=20)):
         same(ivf_store.search(QUERIES, 10, filter=f), oracle(ivf_store, QUERIES, 10, f))
     ivf_store.search_settings = SearchSettings(nprobe=1)
-    assert ivf_store.recall_at_10(sample=50) < ivf_store.recall_at_10(sample=50, nprobe=64)
+    assert ivf_store.recall_at_10(sample=50) < ivf_store.recall_at_10(sample=50, nprobe=128)
 
 
 def test_bulk_reads_and_reference_vectors(store):
@@ -338,6 +338,6 @@ def test_merge_streams_in_batches(tmp_path, monkeypatch):
                 s.add_scans([make_scan(f"s{i}", 100 + i, n_inst=300)], ENC)
             s.remove_scan("s2")  # tombstones are dropped by the merge
             report = s.optimize()
-            assert report.factory == "IVF64,SQ8" and report.vectors == s.vector_count() and s.verify() == []
+            assert report.factory == "IVF64,PQ16x4fs" and report.vectors == s.vector_count() and s.verify() == []
             results.append((report.vectors, s.search(QUERIES, 10)))
     assert results[0] == results[1]
