@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.scenegrep-installed
 
-.PHONY: test demo bench clean chromium
+.PHONY: test demo bench clean chromium postgres
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium postgres
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # tests/test_page_browser.py drives Debian's chromium through Playwright (Playwright's own browser download
@@ -26,6 +26,17 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else \
 	    echo "chromium is missing and this is not root: tests/test_page_browser.py will be skipped"; \
+	  fi; }
+
+# the storage tests run against PostgreSQL too (tests/pgserver.py starts a throwaway server): install Debian's
+# postgresql when missing (as root, quietly); without it those cases skip and say why.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's postgresql for the catalog tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "postgresql is missing and this is not root: the PostgreSQL catalog tests will be skipped"; \
 	  fi; }
 
 demo: $(STAMP)

@@ -66,15 +66,22 @@ _LAZY: dict[str, str] = {
 }
 
 
-def open(home: Path | str, *, write: bool = False, device: str = "cpu") -> "Collection":  # noqa: A001
+def open(home: Path | str, *, write: bool = False, device: str = "cpu",  # noqa: A001
+         catalog_url: str | None = None) -> "Collection":
     """Open the home folder ``home`` as a :class:`Collection` (a context manager).
 
     Read-only unless ``write=True``: readers never wait for a running writer and never change anything;
     a writer holds the home's lock (a second writer gets :class:`StoreLockedError`).
+
+    ``catalog_url``: where a new home keeps its catalog, as an SQLAlchemy URL; None is the SQLite file
+    ``<home>/catalog.sqlite``, ``postgresql+psycopg://user@host/dbname`` a PostgreSQL database that many
+    indexers and servers share (``pip install 'scenegrep[postgres]'``). It is recorded in
+    ``<home>/home.json`` when the home is created and read from there by every later open; naming another
+    catalog for an existing home raises ``CatalogUrlMismatchError`` (a :class:`StoreError`).
     """
     from scenegrep.collection import open_collection
 
-    return open_collection(home, write=write, device=device)
+    return open_collection(home, write=write, device=device, catalog_url=catalog_url)
 
 
 def __getattr__(name: str) -> Any:

@@ -71,9 +71,10 @@ def _home(ctx: click.Context) -> Path:
     return Path(ctx.find_root().params["home"])
 
 
-def _open(ctx: click.Context, write: bool = False, device: str = "cpu") -> "scenegrep.Collection":
+def _open(ctx: click.Context, write: bool = False, device: str = "cpu",
+          catalog_url: str | None = None) -> "scenegrep.Collection":
     """Writers take the home's lock; readers (search, show, scans, ...) never wait for a running index."""
-    return scenegrep.open(_home(ctx), write=write, device=device)
+    return scenegrep.open(_home(ctx), write=write, device=device, catalog_url=catalog_url)
 
 
 def _echo_json(obj: Any) -> None:
@@ -305,6 +306,11 @@ class _FrameStep(click.ParamType):
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0.0), default=None,
               help="With --ray: GPUs each worker reserves (0.5 = two per GPU) [default: 1 with --device cuda, "
                    "else 0].")
+@click.option("--catalog-url", default=None, metavar="URL",
+              help="When this creates the home: keep its catalog in this database, e.g. "
+                   "postgresql+psycopg://user@host/dbname for a catalog many indexers and servers share (pip "
+                   "install 'scenegrep[postgres]') [default: sqlite:///<home>/catalog.sqlite]. Recorded in "
+                   "<home>/home.json; later commands read it from there.")
 @click.option("--force", is_flag=True, help="Re-index scans even if unchanged.")
 @click.option("--vectors-uri", default=None, metavar="URI",
               help="Where a new home keeps its vectors: embedded (FAISS, the default), milvus-lite:PATH.db or "
@@ -318,13 +324,15 @@ def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: boo
 
     A folder that is not itself a scan stands for every scan folder inside it.
     """
+    catalog_url = options.pop("catalog_url")
     settings = scenegrep.IndexSettings.create(preset, **_given(**options))
     progress = _progress(quiet or as_json)
     # Ray prints its own messages (worker output, a worker's death) on stdout: send them to stderr, so
     # stdout carries the outcomes only
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if settings.ray_address else contextlib.nullcontext()
-    opened = (_open(ctx, write=True, device=settings.device) if vectors_uri is None else
-              scenegrep.Collection(_home(ctx), write=True, device=settings.device, vectors_uri=vectors_uri))
+    opened = (_open(ctx, write=True, device=settings.device, catalog_url=catalog_url) if vectors_uri is None else
+              scenegrep.Collection(_home(ctx), write=True, device=settings.device, vectors_uri=vectors_uri,
+                                   catalog_url=catalog_url))
     with opened as col, quiet_stdout:
         if progress is None:
             outcomes = col.index(paths, settings)

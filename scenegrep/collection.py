@@ -56,13 +56,16 @@ class Collection:
         device: device for the models this collection loads ("cpu" or "cuda").
         store: the already open store of the home; None = open it on first use (a new home is created
             only by its first write, so a job rejected before that leaves no trace).
+        catalog_url: the catalog database of a home this collection creates (see :func:`scenegrep.open`).
     """
 
     def __init__(self, home: Path | str, *, write: bool = False, device: str = "cpu",
-                 store: "Store | None" = None, vectors_uri: str | None = None):
+                 store: "Store | None" = None, vectors_uri: str | None = None,
+                 catalog_url: str | None = None):
         self._home = Path(home)
         self._write = write
         self._vectors_uri = vectors_uri
+        self._catalog_url = catalog_url
         self._device = device
         self._opened = store
         self._encoder: ClipEncoder | None = None
@@ -75,7 +78,8 @@ class Collection:
         if self._opened is None:
             from scenegrep.storage import Store
 
-            self._opened = Store.open(self._home, read_only=not self._write, vectors_uri=self._vectors_uri)
+            self._opened = Store.open(self._home, read_only=not self._write, vectors_uri=self._vectors_uri,
+                                      catalog_url=self._catalog_url)
         return self._opened
 
     @property
@@ -315,22 +319,28 @@ class Collection:
 
 
 def open_collection(home: Path | str, *, write: bool = False, device: str = "cpu",
-                    vectors_uri: str | None = None) -> Collection:
+                    vectors_uri: str | None = None, catalog_url: str | None = None) -> Collection:
     """Open the home folder ``home`` (created on the first write).
 
     Args:
-        home: the folder holding the catalog, vectors and point files.
+        home: the folder holding the catalog (or ``home.json`` naming it), vectors and point files.
         write: take the home's writer lock (needed for ``index`` and ``remove``); readers never wait.
         device: device for the models the collection loads ("cpu" or "cuda").
         vectors_uri: where a new home keeps its vectors (``embedded``, ``milvus-lite:PATH.db``,
             ``http://host:19530``); recorded when the home is created, and for an existing home it must
             name the recorded one (VectorsUriMismatchError otherwise).
+        catalog_url: the catalog database of a home this creates (see :func:`scenegrep.open`).
     """
     from scenegrep.storage import Store
     from scenegrep.storage.home import CATALOG_FILE
+    from scenegrep.storage.homeconfig import HOME_CONFIG_FILE, parse_catalog_url
 
     home = Path(home).expanduser()
-    if write and not (home / CATALOG_FILE).exists():
-        return Collection(home, write=True, device=device, vectors_uri=vectors_uri)  # created by its first write
-    store = Store.open(home, read_only=not write, vectors_uri=vectors_uri)
-    return Collection(home, write=write, device=device, store=store, vectors_uri=vectors_uri)
+    if catalog_url is not None:
+        parse_catalog_url(catalog_url)  # a malformed URL fails now, not at the first write
+    if write and not (home / CATALOG_FILE).exists() and not (home / HOME_CONFIG_FILE).exists():
+        # created by its first write
+        return Collection(home, write=True, device=device, vectors_uri=vectors_uri, catalog_url=catalog_url)
+    store = Store.open(home, read_only=not write, vectors_uri=vectors_uri, catalog_url=catalog_url)
+    return Collection(home, write=write, device=device, store=store, vectors_uri=vectors_uri,
+                      catalog_url=catalog_url)

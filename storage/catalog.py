@@ -1,9 +1,14 @@
-"""The SQLite catalog: SQLAlchemy 2 models, connection setup and numbered migrations.
+"""The catalog: SQLAlchemy 2 models, connection setup and numbered migrations, on SQLite or PostgreSQL.
 
-The catalog lives at ``<home>/catalog.sqlite``. Every connection runs in WAL mode with
-``foreign_keys=ON`` and ``synchronous=FULL`` (see :func:`_on_connect`). The schema is created and upgraded
+By default the catalog lives at ``<home>/catalog.sqlite``; a home created with a PostgreSQL URL
+(storage/homeconfig.py) keeps it in that database instead. Every SQLite connection runs in WAL mode with
+``foreign_keys=ON`` and ``synchronous=FULL`` (see :func:`_on_connect`). PostgreSQL connections run at
+REPEATABLE READ, so one read transaction sees one commit, as SQLite's WAL snapshots do (segments,
+tombstones and a filter's ids must agree, storage/segments.py). The schema is created and upgraded
 only by :data:`MIGRATIONS`, never by ``metadata.create_all``: a migration is frozen once released, while
-the models below describe the newest schema (a test checks that both agree).
+the models below describe the newest schema (a test checks that both agree). The migrations' SQL is
+written for SQLite; :func:`_for_postgresql` translates each statement's types (and the two statements
+whose SQL differs) for PostgreSQL.
 
 Timestamps are stored as naive UTC and returned as aware UTC datetimes.
 """
@@ -11,12 +16,14 @@ Timestamps are stored as naive UTC and returned as aware UTC datetimes.
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Callable, Iterator
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -27,15 +34,18 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    bindparam,
     create_engine,
     event,
+    inspect,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from scenegrep.storage.errors import CatalogError, CatalogVersionError, StoreError
+from scenegrep.storage.homeconfig import parse_catalog_url, safe_url
 from scenegrep.storage.records import as_utc  # noqa: F401 (re-exported: its old home)
 
 __all__ = [
@@ -68,6 +78,10 @@ def utcnow() -> datetime:
 
 # -- models (the newest schema) ----------------------------------------------------------------------
 
+#: every integer column: 64-bit like SQLite's INTEGER. PostgreSQL's INTEGER is 32-bit, and psycopg binds
+#: parameters with the column's type, so a CRC-32 or a byte size above 2**31 needs BIGINT there.
+INT = Integer().with_variant(BigInteger(), "postgresql")
+
 
 class Base(DeclarativeBase):
     pass
@@ -78,11 +92,11 @@ class EncoderRow(Base):
 
     __tablename__ = "encoders"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(INT, primary_key=True)
     name: Mapped[str] = mapped_column(String, nullable=False)
     pretrained: Mapped[str | None] = mapped_column(String, nullable=True)
     checkpoint_sha256: Mapped[str | None] = mapped_column(String, nullable=True)
-    dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    dim: Mapped[int] = mapped_column(INT, nullable=False)
     random_weights: Mapped[bool] = mapped_column(Boolean, nullable=False)
     details_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
@@ -99,21 +113,21 @@ class ScanRow(Base):
         {"sqlite_autoincrement": True},  # scan ids name point files; never reuse them
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(INT, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String, nullable=False)
     source_path: Mapped[str] = mapped_column(String, nullable=False)
     content_hash: Mapped[str] = mapped_column(String, nullable=False)
     layout: Mapped[str] = mapped_column(String, nullable=False)
-    point_count: Mapped[int] = mapped_column(Integer, nullable=False)
-    frame_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    point_count: Mapped[int] = mapped_column(INT, nullable=False)
+    frame_count: Mapped[int] = mapped_column(INT, nullable=False)
     tags_json: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
     info_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
     status: Mapped[str] = mapped_column(String, nullable=False, default=STATUS_PENDING)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     encoder_id: Mapped[int] = mapped_column(ForeignKey("encoders.id"), nullable=False)
     # the point file's size and CRC-32 (see storage/checksums.py); NULL for files written before schema 3
-    points_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    points_crc32: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    points_size: Mapped[int | None] = mapped_column(INT, nullable=True)
+    points_crc32: Mapped[int | None] = mapped_column(INT, nullable=True)
 
 
 class InstanceRow(Base):
@@ -131,10 +145,10 @@ class InstanceRow(Base):
         {"sqlite_autoincrement": True},  # instance ids are FAISS ids and may be cached by clients
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(INT, primary_key=True, autoincrement=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), nullable=False)
-    mask_index: Mapped[int] = mapped_column(Integer, nullable=False)
-    point_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    mask_index: Mapped[int] = mapped_column(INT, nullable=False)
+    point_count: Mapped[int] = mapped_column(INT, nullable=False)
     min_x: Mapped[float] = mapped_column(Float, nullable=False)
     min_y: Mapped[float] = mapped_column(Float, nullable=False)
     min_z: Mapped[float] = mapped_column(Float, nullable=False)
@@ -146,7 +160,7 @@ class InstanceRow(Base):
     vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # float16 little endian
     searchable: Mapped[bool] = mapped_column(Boolean, nullable=False)
     thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # JPEG
-    best_frame: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    best_frame: Mapped[int | None] = mapped_column(INT, nullable=True)
     # the live segment holding this instance's vector (NULL: unsearchable, or not committed yet)
     segment_id: Mapped[int | None] = mapped_column(ForeignKey("segments.id"), nullable=True)
     extent: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)  # the bbox's largest side
@@ -158,15 +172,15 @@ class SegmentRow(Base):
     __tablename__ = "segments"
     __table_args__ = ({"sqlite_autoincrement": True},)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(INT, primary_key=True, autoincrement=True)
     filename: Mapped[str] = mapped_column(String, nullable=False, unique=True)  # relative to <home>/vectors
     factory: Mapped[str] = mapped_column(String, nullable=False)  # FAISS factory string, e.g. "IVF1024,SQ8"
-    ntotal: Mapped[int] = mapped_column(Integer, nullable=False)  # vectors in the file (tombstoned included)
-    min_id: Mapped[int] = mapped_column(Integer, nullable=False)
-    max_id: Mapped[int] = mapped_column(Integer, nullable=False)
-    size_bytes: Mapped[int] = mapped_column(Integer, nullable=False)
-    crc32: Mapped[int] = mapped_column(Integer, nullable=False)  # of every byte
-    edge_crc32: Mapped[int] = mapped_column(Integer, nullable=False)  # of the first and last 64 KiB
+    ntotal: Mapped[int] = mapped_column(INT, nullable=False)  # vectors in the file (tombstoned included)
+    min_id: Mapped[int] = mapped_column(INT, nullable=False)
+    max_id: Mapped[int] = mapped_column(INT, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(INT, nullable=False)
+    crc32: Mapped[int] = mapped_column(INT, nullable=False)  # of every byte
+    edge_crc32: Mapped[int] = mapped_column(INT, nullable=False)  # of the first and last 64 KiB
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
 
 
@@ -176,7 +190,7 @@ class TombstoneRow(Base):
     __tablename__ = "tombstones"
     __table_args__ = (Index("ix_tombstones_segment", "segment_id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the removed instance id (never reused)
+    id: Mapped[int] = mapped_column(INT, primary_key=True)  # the removed instance id (never reused)
     segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id", ondelete="CASCADE"), nullable=False)
 
 
@@ -186,7 +200,7 @@ class StateRow(Base):
     __tablename__ = "store_state"
 
     key: Mapped[str] = mapped_column(String, primary_key=True)
-    value: Mapped[int] = mapped_column(Integer, nullable=False)
+    value: Mapped[int] = mapped_column(INT, nullable=False)
 
 
 class VectorStoreRow(Base):
@@ -205,7 +219,7 @@ class VectorDeleteRow(Base):
 
     __tablename__ = "vector_deletes"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(INT, primary_key=True)
 
 
 # -- migrations --------------------------------------------------------------------------------------
@@ -263,13 +277,52 @@ _V1_DDL = [
 ]
 
 
+# -- the migrations' SQLite SQL in PostgreSQL ---------------------------------------------------------
+
+# Type names, in order. INTEGER becomes BIGINT: SQLite's INTEGER is 64-bit and the catalog stores CRC-32s
+# (up to 2**32 - 1) and byte sizes that overflow PostgreSQL's 32-bit one. An INTEGER PRIMARY KEY is a
+# rowid in SQLite (assigned when left out, and with AUTOINCREMENT never reused): an identity column.
+_PG_TYPES = [
+    (
+        re.compile(r"\bINTEGER NOT NULL PRIMARY KEY(?: AUTOINCREMENT)?"),
+        "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+    ),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bDATETIME\b"), "TIMESTAMP"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+    (re.compile(r"\bFLOAT\b"), "DOUBLE PRECISION"),
+]
+
+# Statements whose SQL differs beyond type names: a boolean is not an integer in PostgreSQL, and its
+# multi-argument max() is GREATEST.
+_PG_STATEMENTS = {
+    "CREATE UNIQUE INDEX ix_generations_current ON generations (is_current) WHERE is_current = 1":
+        "CREATE UNIQUE INDEX ix_generations_current ON generations (is_current) WHERE is_current",
+    "UPDATE instances SET extent = max(max_x - min_x, max_y - min_y, max_z - min_z)":
+        "UPDATE instances SET extent = GREATEST(max_x - min_x, max_y - min_y, max_z - min_z)",
+}
+
+
+def _for_postgresql(stmt: str) -> str:
+    """One migration statement (SQLite SQL) as PostgreSQL runs it."""
+    stmt = _PG_STATEMENTS.get(stmt, stmt)
+    for pattern, replacement in _PG_TYPES:
+        stmt = pattern.sub(replacement, stmt)
+    return stmt
+
+
+def _run(conn: Connection, stmt: str) -> None:
+    """Run one migration statement in the connection's dialect."""
+    conn.exec_driver_sql(_for_postgresql(stmt) if conn.dialect.name == "postgresql" else stmt)
+
+
 def _migrate_v1(conn: Connection) -> None:
     for stmt in _V1_DDL:
-        conn.exec_driver_sql(stmt)
+        _run(conn, stmt)
 
 
 def _migrate_v2(conn: Connection) -> None:
-    conn.exec_driver_sql("CREATE INDEX ix_instances_scan_searchable ON instances (scan_id, searchable)")
+    _run(conn, "CREATE INDEX ix_instances_scan_searchable ON instances (scan_id, searchable)")
 
 
 _V3_DDL = [
@@ -308,7 +361,7 @@ _V3_DDL = [
 
 def _migrate_v3(conn: Connection) -> None:
     for stmt in _V3_DDL:
-        conn.exec_driver_sql(stmt)
+        _run(conn, stmt)
 
 
 _V4_DDL = [
@@ -319,7 +372,7 @@ _V4_DDL = [
 
 def _migrate_v4(conn: Connection) -> None:
     for stmt in _V4_DDL:
-        conn.exec_driver_sql(stmt)
+        _run(conn, stmt)
 
 
 Migration = tuple[int, str, Callable[[Connection], None]]
@@ -367,84 +420,139 @@ def _on_begin(conn: Connection) -> None:
 _DAMAGED = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
 
 
-def catalog_error(path: Path, exc: DBAPIError) -> CatalogError:
-    """A one-line :class:`CatalogError` naming ``path`` for a driver error (never the SQL statement)."""
+def catalog_error(where: Path | str, exc: DBAPIError) -> CatalogError:
+    """A one-line :class:`CatalogError` naming ``where`` (the SQLite file, or the URL with its password
+    hidden) for a driver error (never the SQL statement)."""
     orig = exc.orig if exc.orig is not None else exc
     name = getattr(orig, "sqlite_errorname", None)
     problem = str(orig).strip() or type(orig).__name__
     if name in _DAMAGED:
         problem = f"{problem}; the catalog is damaged or not a scenegrep catalog (move it away and re-index)"
-    return CatalogError(path, problem, name)
+    return CatalogError(where, problem, name)
+
+
+def _target_url(target: Path | str | URL) -> URL:
+    """A catalog given as an SQLite file path or as a URL (a string with ``://``, or a URL object)."""
+    if isinstance(target, URL) or (isinstance(target, str) and "://" in target):
+        return parse_catalog_url(target)
+    return URL.create("sqlite", database=str(Path(target)))
+
+
+#: seconds a PostgreSQL connection attempt may take before it is an error (unless the URL sets it)
+PG_CONNECT_TIMEOUT_S = 10
 
 
 class Catalog:
-    """Engine + sessions + migrations for one ``catalog.sqlite``.
+    """Engine + sessions + migrations for one catalog database (an SQLite file or a PostgreSQL database).
 
-    Use :meth:`open`; :meth:`transaction` yields an ORM session inside one SQLite transaction. Driver
-    errors (a damaged file, a full disk, a lock held too long) come out as :class:`CatalogError` naming
-    the file.
+    Use :meth:`open` (or :meth:`connect`, then :meth:`prepare`); :meth:`transaction` yields an ORM session
+    inside one database transaction. Driver errors (a damaged file, a full disk, a lock held too long, a
+    refused connection or login) come out as :class:`CatalogError` naming the file or the URL.
+
+    Attributes:
+        url: the SQLAlchemy URL (may hold a password: show :attr:`where` instead).
+        path: the SQLite file, or None for a server database.
+        where: what messages name: the SQLite file, or the URL with its password hidden.
+        dialect: ``"sqlite"`` or ``"postgresql"``.
     """
 
-    def __init__(self, path: Path, engine: Engine):
-        self.path = path
+    def __init__(self, url: URL, engine: Engine):
+        self.url = url
+        self.dialect = url.get_backend_name()
+        self.path: Path | None = Path(url.database) if self.dialect == "sqlite" and url.database else None
+        self.where: Path | str = self.path if self.path is not None else safe_url(url)
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, path: Path | str, *, migrate: bool = True) -> Catalog:
-        """Open (and with ``migrate``, create or upgrade) the catalog at ``path``.
+    def connect(cls, target: Path | str | URL, *, migrate: bool = True) -> Catalog:
+        """The catalog at ``target`` (an SQLite path, or a URL), with nothing read or written yet.
+
+        Raises:
+            StoreError: not ``migrate`` and the SQLite file does not exist.
+            CatalogError: not ``migrate`` and the SQLite file is empty; the URL's driver is not installed.
+            HomeConfigError: ``target`` is not a supported URL.
+        """
+        url = _target_url(target)
+        if url.get_backend_name() == "sqlite":
+            path = Path(url.database or "")
+            if not migrate and not path.exists():
+                raise StoreError(f"no catalog at {path}")
+            if not migrate and path.stat().st_size == 0:
+                # checked before connecting: connecting would turn the empty file into a WAL database
+                raise CatalogError(path, "empty file, not an initialised scenegrep catalog")
+            engine = create_engine(url)
+            event.listen(engine, "connect", _on_connect)
+            event.listen(engine, "begin", _on_begin)
+            return cls(url, engine)
+        connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        try:
+            engine = create_engine(
+                url, isolation_level="REPEATABLE READ", pool_pre_ping=True, connect_args=connect_args
+            )
+        except (ImportError, NoSuchModuleError) as exc:
+            raise CatalogError(
+                safe_url(url), f"{exc}; install the PostgreSQL driver with pip install 'scenegrep[postgres]'"
+            ) from None
+        return cls(url, engine)
+
+    @classmethod
+    def open(cls, target: Path | str | URL, *, migrate: bool = True) -> Catalog:
+        """Open (and with ``migrate``, create or upgrade) the catalog at ``target`` (an SQLite path or a URL).
 
         Raises:
             CatalogVersionError: the catalog is newer than this code, or older and ``migrate`` is False.
-            CatalogError: the file is damaged, not an SQLite database, or cannot be opened.
+            CatalogError: the file is damaged, not an SQLite database, or cannot be opened; the database
+                cannot be reached or refuses the login.
             StoreError: ``migrate`` is False and the file does not exist.
         """
-        path = Path(path)
-        if not migrate and not path.exists():
-            raise StoreError(f"no catalog at {path}")
-        if not migrate and path.stat().st_size == 0:
-            # checked before connecting: connecting would turn the empty file into a WAL database
-            raise CatalogError(path, "empty file, not an initialised scenegrep catalog")
-        engine = create_engine(f"sqlite:///{path}")
-        event.listen(engine, "connect", _on_connect)
-        event.listen(engine, "begin", _on_begin)
-        catalog = cls(path, engine)
-        try:
-            catalog._check_and_migrate(migrate)
-        except DBAPIError as exc:
-            engine.dispose()
-            raise catalog_error(path, exc) from exc
-        except BaseException:
-            engine.dispose()
-            raise
+        catalog = cls.connect(target, migrate=migrate)
+        catalog.prepare(migrate)
         return catalog
+
+    def prepare(self, migrate: bool = True) -> None:
+        """Check the schema version and (with ``migrate``) apply pending migrations; disposes the engine
+        when it raises."""
+        try:
+            self._check_and_migrate(migrate)
+        except DBAPIError as exc:
+            self.engine.dispose()
+            raise catalog_error(self.where, exc) from exc
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One SQLite transaction: committed on normal exit, rolled back on an exception."""
+        """One database transaction: committed on normal exit, rolled back on an exception."""
         try:
             with self._sessions() as session, session.begin():
                 yield session
         except DBAPIError as exc:
-            raise catalog_error(self.path, exc) from exc
+            raise catalog_error(self.where, exc) from exc
 
     def schema_version(self) -> int:
-        """Highest applied migration (0 for an empty file)."""
+        """Highest applied migration (0 for an empty file or database)."""
         try:
             with self.engine.connect() as conn:
                 return self._version(conn)
         except DBAPIError as exc:
-            raise catalog_error(self.path, exc) from exc
+            raise catalog_error(self.where, exc) from exc
+
+    def database_size(self) -> int:
+        """Bytes the catalog database takes on its server (PostgreSQL only)."""
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one())
+        except DBAPIError as exc:
+            raise catalog_error(self.where, exc) from exc
 
     @staticmethod
     def _version(conn: Connection) -> int:
-        exists = conn.exec_driver_sql(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-        ).first()
-        if exists is None:
+        if not inspect(conn).has_table("schema_version"):
             return 0
         return int(conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_version").scalar_one())
 
@@ -453,23 +561,26 @@ class Catalog:
             current = self._version(conn)
         if current > SCHEMA_VERSION:
             raise CatalogVersionError(
-                f"{self.path} has schema version {current} but this scenegrep knows up to {SCHEMA_VERSION}; "
+                f"{self.where} has schema version {current} but this scenegrep knows up to {SCHEMA_VERSION}; "
                 "upgrade scenegrep"
             )
         pending = [m for m in MIGRATIONS if m[0] > current]
         if current == 0 and not migrate:
-            raise CatalogError(self.path, "holds no scenegrep schema, not an initialised scenegrep catalog")
+            raise CatalogError(self.where, "holds no scenegrep schema, not an initialised scenegrep catalog")
         if pending and not migrate:
             raise CatalogVersionError(
-                f"{self.path} has schema version {current} (current is {SCHEMA_VERSION}); "
+                f"{self.where} has schema version {current} (current is {SCHEMA_VERSION}); "
                 "open it once for writing to upgrade"
             )
         for version, description, apply in pending:
             with self.engine.begin() as conn:
-                conn.exec_driver_sql(_SCHEMA_VERSION_DDL)
+                _run(conn, _SCHEMA_VERSION_DDL)
                 apply(conn)
-                conn.exec_driver_sql(
-                    "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                    (version, description, utcnow().isoformat(sep=" ")),
-                )
-            log.info("catalog %s: applied migration %d (%s)", self.path, version, description)
+                conn.execute(_RECORD_VERSION, {"version": version, "description": description, "applied_at": utcnow()})
+            log.info("catalog %s: applied migration %d (%s)", self.where, version, description)
+
+
+# a DateTime parameter: SQLAlchemy writes SQLite's text form itself, PostgreSQL gets a timestamp
+_RECORD_VERSION = text(
+    "INSERT INTO schema_version (version, description, applied_at) VALUES (:version, :description, :applied_at)"
+).bindparams(bindparam("applied_at", type_=DateTime()))

@@ -64,15 +64,17 @@ class StoreLockedError(StoreError):
 
 
 class CatalogError(StoreError):
-    """``catalog.sqlite`` cannot be used: damaged, not a catalog, or not accessible.
+    """The catalog cannot be used: damaged, not a catalog, or not accessible (a file, or a database server
+    that cannot be reached or refuses the login).
 
     Attributes:
-        path: the catalog file.
+        path: the catalog file, or the catalog database's URL (a string, its password hidden).
         sqlite_error: SQLite's error name (e.g. ``SQLITE_NOTADB``, ``SQLITE_CORRUPT``), or None if unknown.
     """
 
     def __init__(self, path: Path | str, problem: str, sqlite_error: str | None = None):
-        self.path = Path(path)
+        # a URL stays a string: Path() would fold its "//"
+        self.path: Path | str = path if isinstance(path, str) and "://" in path else Path(path)
         self.sqlite_error = sqlite_error
         super().__init__(problem, self.path)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sqlalchemy import Select, func, select
+from sqlalchemy import JSON, Select, cast, func, select
 from sqlalchemy.orm import Session
 
 from scenegrep.storage.catalog import STATUS_INDEXED, InstanceRow, ScanRow
@@ -114,12 +114,19 @@ def _statement(s: Session, f: InstanceFilter) -> Select:
     )
     if f.scans is not None:
         stmt = stmt.where(_I.c.scan_id.in_(list(indexed_scan_ids(s, f.scans).values()) if f.scans else []))
+    postgresql = s.get_bind().dialect.name == "postgresql"  # the JSON functions differ; the rest is shared
     if f.tags:
-        each = func.json_each(_S.c.tags_json).table_valued("value")
+        if postgresql:
+            each = func.json_array_elements_text(cast(_S.c.tags_json, JSON)).table_valued("value")
+        else:
+            each = func.json_each(_S.c.tags_json).table_valued("value")
         have = select(func.count(func.distinct(each.c.value))).where(each.c.value.in_(f.tags)).scalar_subquery()
         stmt = stmt.where(have == len(f.tags))
     if f.proposer is not None:
-        stmt = stmt.where(func.json_extract(_S.c.info_json, "$.proposer") == f.proposer)
+        if postgresql:
+            stmt = stmt.where(cast(_S.c.info_json, JSON)["proposer"].as_string() == f.proposer)
+        else:
+            stmt = stmt.where(func.json_extract(_S.c.info_json, "$.proposer") == f.proposer)
     if f.min_points is not None:
         stmt = stmt.where(_I.c.point_count >= f.min_points)
     if f.max_points is not None:
@@ -146,7 +153,11 @@ def fetch_ints(s: Session, stmt: Select, width: int) -> np.ndarray:
     connection: SQLAlchemy's Row objects cost more than SQLite itself for 10^5 ids."""
     conn = s.connection()
     compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    # SQLite's driver takes positional "?" parameters, psycopg named "%(name)s" ones
+    if compiled.positional:
+        params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    else:
+        params = compiled.params
     cursor = conn.connection.driver_connection.execute(str(compiled), params)
     try:
         rows = cursor.fetchall()

@@ -83,9 +83,11 @@ def exact_vectors(s: Session, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     float16 copies). Plain SQL and one bulk decode: this runs for every approximate search."""
     found: list[int] = []
     blobs: list[bytes] = []
+    conn = s.connection()
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"  # SQLite's sqlite3, or psycopg
     for chunk in chunks(np.unique(ids).tolist()):
-        sql = _VECTORS_SQL.format(table=InstanceRow.__tablename__, marks=",".join("?" * len(chunk)))
-        for iid, blob in s.connection().exec_driver_sql(sql, tuple(chunk)):
+        sql = _VECTORS_SQL.format(table=InstanceRow.__tablename__, marks=",".join([mark] * len(chunk)))
+        for iid, blob in conn.exec_driver_sql(sql, tuple(chunk)):
             found.append(iid)
             blobs.append(blob)
     order = np.argsort(np.array(found, np.int64), kind="stable")

@@ -84,7 +84,8 @@ def stats(
         "segments": len(snap.segments),
         "tombstones": int(sum(t.size for t in snap.tombstones.values())),
         "index_types": types,
-        "bytes_catalog": _size(layout.catalog_files),
+        # a server database has no files here: it reports its own size
+        "bytes_catalog": catalog.database_size() if catalog.path is None else _size(layout.catalog_files),
         "bytes_vectors": _size(layout.vectors.iterdir()),
         "bytes_points": _size(layout.points.iterdir()),
     }

@@ -68,12 +68,13 @@ class RetiredSegmentError(VectorIndexError):
     pinned it: search the newer commit (storage/query.py does, a bounded number of times)."""
 
 
-_COMMIT_SQL = f"SELECT value FROM {StateRow.__tablename__} WHERE key = ?"
+# the key inline: no parameter, so the same SQL runs on every driver whatever its parameter style
+_COMMIT_SQL = f"SELECT value FROM {StateRow.__tablename__} WHERE key = '{COMMIT_KEY}'"
 
 
 def commit_number(s: Session) -> int:
     """The number of the last commit (0 for a home never written). Plain SQL: it runs before every search."""
-    return int(s.connection().exec_driver_sql(_COMMIT_SQL, (COMMIT_KEY,)).scalar() or 0)
+    return int(s.connection().exec_driver_sql(_COMMIT_SQL).scalar() or 0)
 
 
 @dataclass

@@ -46,7 +46,7 @@ from scenegrep.storage.commit import Writer
 from scenegrep.storage.errors import StoreError
 from scenegrep.storage.guard import raises_store_errors
 from scenegrep.storage.filters import InstanceFilter
-from scenegrep.storage.home import CATALOG_FILE, LOCK_FILE, HomeLayout, WriterLock, open_home
+from scenegrep.storage.home import CATALOG_FILE, LOCK_FILE, HomeLayout, HomeLock, open_home
 from scenegrep.storage.merge import MergeReport
 from scenegrep.storage.pointfiles import PointFiles
 from scenegrep.storage.query import Searcher, SearchSettings
@@ -76,11 +76,11 @@ __all__ = [
 class Store:
     """A scenegrep home folder. Open with :meth:`open`; use as a context manager or call :meth:`close`.
 
-    A writer (the default) holds ``<home>/.lock`` until closed, runs recovery on open and may call
-    ``add_scans`` / ``remove_scan`` / ``optimize`` / ``repair``. ``read_only=True`` takes no lock, never
-    writes, reads nothing but the catalog's segment list on open (segment files are memory-mapped on first
-    use) and follows a writer's newer commits before every search. Not safe for concurrent calls from
-    threads (open one Store per thread). Every error a method raises on purpose is a
+    A writer (the default) holds ``<home>/.lock`` (with a PostgreSQL catalog, an advisory lock in it) until
+    closed, runs recovery on open and may call ``add_scans`` / ``remove_scan`` / ``optimize`` / ``repair``.
+    ``read_only=True`` takes no lock, never writes, reads nothing but the catalog's segment list on open
+    (segment files are memory-mapped on first use) and follows a writer's newer commits before every search.
+    Not safe for concurrent calls from threads (open one Store per thread). Every error a method raises on purpose is a
     :class:`~scenegrep.storage.errors.StoreError`; an operating-system error (permissions, a full disk)
     comes out as :class:`~scenegrep.storage.errors.FileAccessError` naming the file.
 
@@ -88,7 +88,7 @@ class Store:
         home: the home folder.
     """
 
-    def __init__(self, layout: HomeLayout, catalog: Catalog, lock: WriterLock | None):
+    def __init__(self, layout: HomeLayout, catalog: Catalog, lock: HomeLock | None):
         self.home = layout.root
         self._layout = layout
         self._catalog = catalog
@@ -113,6 +113,7 @@ class Store:
         read_only: bool = False,
         settings: SearchSettings | None = None,
         vectors_uri: str | None = None,
+        catalog_url: str | None = None,
     ) -> Store:
         """Open ``home``, creating it (writer only) with ``catalog.sqlite``, ``vectors/`` and ``points/``.
 
@@ -120,17 +121,22 @@ class Store:
         ``vectors_uri``: where the vectors live (``embedded``, ``milvus-lite:PATH.db``, ``http://host:19530``;
         storage/backends.py). Recorded when a writer creates the home (an empty one); for an existing home
         it must name the recorded one. None: whatever the home records (embedded for a new home).
+        ``catalog_url``: the catalog database of a home this call creates, e.g.
+        ``postgresql+psycopg://user@host/dbname`` (recorded in ``<home>/home.json``, see
+        storage/homeconfig.py); later opens read it from there. None: the SQLite file in the home.
 
         Raises:
             StoreLockedError: another writer holds the home.
             CatalogVersionError: the catalog is newer than this code.
-            CatalogError: ``catalog.sqlite`` is damaged or not a catalog.
+            CatalogError: ``catalog.sqlite`` is damaged or not a catalog; the catalog database cannot be
+                reached.
+            CatalogUrlMismatchError: ``catalog_url`` is not the catalog the home already uses.
             StoreError: ``read_only`` and there is no catalog.
             VectorsUriError: ``vectors_uri`` names no vector store.
             VectorsUriMismatchError: ``vectors_uri`` differs from what the home records.
             MilvusError: the home's Milvus cannot be opened.
         """
-        store = cls(*open_home(home, read_only=read_only))
+        store = cls(*open_home(home, read_only=read_only, catalog_url=catalog_url))
         if settings is not None:
             store.search_settings = settings
         try:

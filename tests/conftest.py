@@ -109,3 +109,71 @@ def mask3d_parity(shared_dir) -> Mask3DParity:
     folder = shared_dir / "fixtures" / "mask3d-parity"
     with np.load(folder / "inputs.npz") as i, np.load(folder / "expected.npz") as e:
         return Mask3DParity(folder, {k: i[k] for k in i.files}, {k: e[k] for k in e.files})
+
+
+# -- the catalog on PostgreSQL -------------------------------------------------------------------------
+
+CATALOG_BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL cluster for the whole run (tests/pgserver.py); skip with the reason when
+    the driver is missing or no server can start here."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    from pgserver import PgUnavailable, start_server
+
+    try:
+        server = start_server()
+    except PgUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server can start here: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_catalog_template(pg_server) -> str:
+    """A database holding the current catalog schema (migrated once): copying it is cheaper than
+    migrating each test's database."""
+    from scenegrep.storage.catalog import Catalog
+
+    name = pg_server.create_database("template")
+    Catalog.open(pg_server.url(name)).close()
+    return name
+
+
+@pytest.fixture()
+def pg_empty_url(pg_server) -> str:
+    """The URL of a new, empty database of its own (so tests never see each other's catalogs)."""
+    name = pg_server.create_database()
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture()
+def pg_url(pg_server, pg_catalog_template) -> str:
+    """The URL of a new database of its own holding an empty catalog at the current schema."""
+    name = pg_server.create_database(template=pg_catalog_template)
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture(params=CATALOG_BACKENDS)
+def catalog_backend(request) -> str:
+    """Each catalog database in turn: "sqlite", "postgresql"."""
+    return request.param
+
+
+@pytest.fixture()
+def storage_home(request, catalog_backend, tmp_path) -> Path:
+    """A path for a new home, once with the default SQLite catalog and once created with a PostgreSQL
+    catalog (``home.json`` names a fresh database holding an empty catalog)."""
+    home = tmp_path / "home"
+    if catalog_backend == "postgresql":
+        from scenegrep.storage.homeconfig import record_catalog_url
+
+        url = request.getfixturevalue("pg_url")
+        home.mkdir()
+        record_catalog_url(home, url)
+    return home
+

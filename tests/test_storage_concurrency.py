@@ -75,8 +75,8 @@ def slow_first_open(monkeypatch):
     monkeypatch.setattr(segments_module, "open_segment", slow)
 
 
-def test_readers_during_writes(tmp_path, slow_first_open):
-    home = tmp_path / "home"
+def test_readers_during_writes(tmp_path, storage_home, slow_first_open):
+    home = storage_home
     with Store.open(home) as store:
         store.add_scans([_scan("base", 0)], ENC)
     script = tmp_path / "writer.py"

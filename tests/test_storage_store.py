@@ -35,6 +35,8 @@ from scenegrep.storage import commit as commit_module
 from scenegrep.storage.commit import Writer
 from scenegrep.storage.segments import Segments
 
+from pgserver import catalog_sql, on_postgresql
+
 DIM = 8
 ENC = EncoderIdentity("tiny-clip", "test-weights", "ab" * 32, DIM, False, {"mean": [0.5]})
 
@@ -96,8 +98,12 @@ def assert_same_hits(got, want):
 
 
 def pending_rows(home: Path) -> int:
-    with sqlite3.connect(home / "catalog.sqlite") as con:
-        return con.execute("SELECT COUNT(*) FROM scans WHERE status = 'pending'").fetchone()[0]
+    return catalog_sql(home, "SELECT COUNT(*) FROM scans WHERE status = 'pending'")[0][0]
+
+
+def sqlite_only(home: Path, why: str) -> None:
+    if on_postgresql(home):
+        pytest.skip(f"SQLite catalog only: {why}")
 
 
 def files(home: Path, sub: str) -> list[str]:
@@ -105,8 +111,9 @@ def files(home: Path, sub: str) -> list[str]:
 
 
 @pytest.fixture
-def home(tmp_path) -> Path:
-    return tmp_path / "home"
+def home(storage_home) -> Path:
+    """A new home, on each catalog database (conftest.py's storage_home)."""
+    return storage_home
 
 
 @pytest.fixture
@@ -228,8 +235,7 @@ def test_remove_scan(two_scans, home):
         store.instance(ids[0])
     with pytest.raises(NotFoundError):
         store.remove_scan("a")
-    with sqlite3.connect(home / "catalog.sqlite") as con:
-        assert con.execute("SELECT COUNT(*) FROM instances WHERE scan_id = ?", (scan_id,)).fetchone()[0] == 0
+    assert catalog_sql(home, "SELECT COUNT(*) FROM instances WHERE scan_id = :s", {"s": scan_id}) == [(0,)]
     assert files(home, "points") == [f"{store.find_scan('b').id}.npz"]
     assert store.stats()["vectors"] == 10
     assert store.verify() == []
@@ -416,12 +422,10 @@ def test_lock_prevents_second_writer(two_scans, home):
 
 def test_future_schema_version_raises(home):
     Store.open(home).close()
-    with sqlite3.connect(home / "catalog.sqlite") as con:
-        con.execute("INSERT INTO schema_version VALUES (999, 'from the future', '2100-01-01')")
+    catalog_sql(home, "INSERT INTO schema_version VALUES (999, 'from the future', '2100-01-01')")
     with pytest.raises(CatalogVersionError, match="999"):
         Store.open(home)
-    with sqlite3.connect(home / "catalog.sqlite") as con:
-        con.execute("DELETE FROM schema_version WHERE version = 999")
+    catalog_sql(home, "DELETE FROM schema_version WHERE version = 999")
     Store.open(home).close()  # the failed open released the lock
 
 
@@ -479,6 +483,7 @@ def _downgrade_to_schema_2(home: Path, monkeypatch) -> None:
 
 
 def test_v1_catalog_is_upgraded_by_a_writer(two_scans, home, monkeypatch):
+    sqlite_only(home, "the old catalog is built with sqlite3 (tests/test_catalog_postgres.py upgrades on PostgreSQL)")
     store, _ = two_scans
     before = store.search(QUERIES, 5)
     store.close()
@@ -510,6 +515,7 @@ def _corrupt(path: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["random", "truncated", "header-only"])
 @pytest.mark.parametrize("read_only", [True, False])
 def test_corrupt_catalog_is_a_one_line_store_error(two_scans, home, how, read_only):
+    sqlite_only(home, "corrupts the catalog file")
     store, _ = two_scans
     store.close()
     catalog = home / "catalog.sqlite"
@@ -529,6 +535,7 @@ def test_corrupt_catalog_is_a_one_line_store_error(two_scans, home, how, read_on
 
 
 def test_empty_catalog_never_wipes_the_home(two_scans, home):
+    sqlite_only(home, "empties the catalog file (tests/test_catalog_postgres.py empties the database)")
     store, _ = two_scans
     store.close()
     kept = files(home, "points") + files(home, "vectors")
@@ -568,9 +575,10 @@ def test_written_files_follow_the_umask(home, umask):
         os.umask(old)
     written = [home / "points" / f for f in files(home, "points")] + [home / "vectors" / f for f in files(home, "vectors")]
     assert len(written) == 4  # two point files, two segments (one per commit)
-    for path in written + [home / "catalog.sqlite"]:
+    for path in written + ([] if on_postgresql(home) else [home / "catalog.sqlite"]):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
-    for folder in (home, home / "points", home / "vectors"):
+    made_here = [home / "points", home / "vectors"] + ([] if on_postgresql(home) else [home])  # (else the fixture made it)
+    for folder in made_here:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask, folder
 
 
