@@ -534,6 +534,11 @@ class Catalog:
         except DBAPIError as exc:
             raise catalog_error(self.where, exc) from exc
 
+    def guard_commits(self, check: Callable[[Session], None]) -> None:
+        """Run ``check(session)`` inside every transaction of this catalog just before it commits; an
+        exception it raises rolls the transaction back (the PostgreSQL writer lock's fence, storage/home.py)."""
+        event.listen(self._sessions, "before_commit", check)
+
     def schema_version(self) -> int:
         """Highest applied migration (0 for an empty file or database)."""
         try:

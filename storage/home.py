@@ -29,6 +29,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from scenegrep.storage.catalog import Catalog, catalog_error
 from scenegrep.storage.errors import CatalogError, StoreError, StoreLockedError
@@ -138,9 +139,10 @@ class AdvisoryWriterLock:
     """The PostgreSQL writer lock: ``pg_try_advisory_lock`` held by a dedicated connection for the writer's
     lifetime. The server drops it when that connection ends, so a killed writer never leaves it behind."""
 
-    def __init__(self, conn: Connection, key: int):
+    def __init__(self, conn: Connection, key: int, pid: int):
         self._conn: Connection | None = conn
         self.key = key
+        self.pid = pid  # the lock connection's server process: the lock lives and dies with it
 
     @classmethod
     def acquire(cls, catalog: Catalog, root: Path) -> AdvisoryWriterLock:
@@ -166,11 +168,36 @@ class AdvisoryWriterLock:
                 f"{root} is being written by another scenegrep process (advisory lock {key} in "
                 f"{catalog.where}); wait for it to finish"
             )
-        return cls(conn, key)
+        try:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        except DBAPIError as exc:
+            conn.invalidate()
+            raise catalog_error(catalog.where, exc) from exc
+        return cls(conn, key, int(pid))
 
     @property
     def held(self) -> bool:
         return self._conn is not None
+
+    def check(self, s: Session) -> None:
+        """Fence every commit of the writer (Catalog.guard_commits): its transaction must still see this
+        lock granted to the lock's own connection. If that connection dropped (a server restart, a network
+        cut), the lock went with it and another writer may hold it now: the commit is refused, not merged
+        into the other writer's state."""
+        if self._conn is None:
+            return
+        held = s.connection().execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = :pid "
+                "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = :key"
+            ),
+            {"pid": self.pid, "key": self.key},
+        ).scalar_one()
+        if not held:
+            raise StoreLockedError(
+                f"lost the writer lock (advisory lock {self.key}; its connection ended): this write was not "
+                "committed; open the home again"
+            )
 
     def release(self) -> None:
         """End the lock's connection, which releases the lock (idempotent)."""
@@ -236,6 +263,7 @@ def open_home(
     except BaseException:
         catalog.close()
         raise
+    catalog.guard_commits(lock.check)
     try:
         if catalog.schema_version() == 0:
             _refuse_lost_files(layout, catalog.where, "empty")

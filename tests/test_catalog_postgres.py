@@ -70,6 +70,22 @@ def test_one_writer_at_a_time_across_processes(tmp_path, pg_url):
     assert out.stdout.strip() == "opened", out.stdout + out.stderr
 
 
+def test_a_writer_that_lost_its_lock_commits_nothing(tmp_path, pg_url):
+    """The lock's connection ends (a server restart, a network cut): another writer may now hold the lock,
+    so the old writer's next commit is refused inside its own transaction, and nothing of it is visible."""
+    home = tmp_path / "home"
+    with Store.open(home, catalog_url=pg_url) as writer:
+        writer.add_scans([make_scan("a", 1)], ENC)  # the fence lets a writer holding its lock commit
+        catalog_sql(home, "SELECT pg_terminate_backend(:pid)", {"pid": writer._lock.pid})
+        with Store.open(home) as other:  # the lock is free again: another writer takes it and commits
+            other.add_scans([make_scan("b", 2)], ENC)
+        with pytest.raises(StoreLockedError, match="lost the writer lock"):
+            writer.add_scans([make_scan("c", 3)], ENC)
+    assert catalog_sql(home, "SELECT name FROM scans WHERE status = 'indexed' ORDER BY name") == [("a",), ("b",)]
+    with Store.open(home) as again:  # the refused write's leftovers are recovered like a crash's
+        assert [s.name for s in again.scans()] == ["a", "b"] and again.verify() == []
+
+
 def test_a_killed_writer_leaves_no_lock_and_its_write_is_undone(tmp_path, pg_url):
     home = tmp_path / "home"
     Store.open(home, catalog_url=pg_url).close()
