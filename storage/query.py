@@ -87,9 +87,16 @@ def exact_vectors(s: Session, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"  # SQLite's sqlite3, or psycopg
     for chunk in chunks(np.unique(ids).tolist()):
         sql = _VECTORS_SQL.format(table=InstanceRow.__tablename__, marks=",".join([mark] * len(chunk)))
-        for iid, blob in conn.exec_driver_sql(sql, tuple(chunk)):
+        # the DB-API cursor's fetchall: SQLAlchemy's row iteration cost more than SQLite's own read here
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(sql, tuple(chunk))
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        for iid, blob in rows:
             found.append(iid)
-            blobs.append(blob)
+            blobs.append(bytes(blob))  # psycopg gives memoryview for bytea
     order = np.argsort(np.array(found, np.int64), kind="stable")
     vectors = np.frombuffer(b"".join(blobs), VECTOR_DTYPE).reshape(len(found), -1) if found else None
     if vectors is None:
