@@ -5,8 +5,9 @@ One read transaction per search: it syncs the snapshot (storage/segments.py), li
 Each segment is searched inside FAISS with an ``IDSelector``: the filter's ids of that segment (a
 bitmap, :func:`id_selector`) or, unfiltered, everything but its tombstones (``IDSelectorNot``). Segments no
 allowed id lives in are skipped. Approximate (IVF) segments return ``rerank_for(factory)`` x k candidates
-(storage/indextypes.py) that are re-scored exactly with the catalog's float16 vectors, so every score is an
-exact cosine. A filter that leaves at most :data:`EXACT_FILTER_MAX` ids of an approximate segment scores
+(storage/indextypes.py) that are re-scored exactly with the float16 vectors of the segment's re-ranking
+block (storage/segfiles.py; the catalog's copies for a segment without one), so every score is an exact
+cosine. A filter that leaves at most :data:`EXACT_FILTER_MAX` ids of an approximate segment scores
 them exactly from those vectors without FAISS (cheaper than visiting every list, and exact); a larger
 filtered search that finds fewer candidates than it asked for while more are eligible is repeated with
 twice the lists (up to all), so a filtered query returns k hits whenever k exist. ``k`` is clamped to the
@@ -196,10 +197,14 @@ class Searcher:
                     continue
                 kk = min(eligible, k * rerank_for(meta.factory))
                 d, i = self._search_segment(meta, q, kk, selector, settings, eligible)
+                if not exact:
+                    block = self._segments.rerank_block(meta)
+                    if block is not None:  # exact scores from the segment file itself (storage/segfiles.py)
+                        d = block.scores(q, i)
+                    else:  # a segment written before blocks existed: from the catalog below
+                        approx_ids.append(i[i >= 0])
                 cand_ids.append(i)
                 cand_scores.append(d)
-                if not exact:
-                    approx_ids.append(i[i >= 0])
             if not cand_ids:
                 return empty
             ids_all = np.concatenate(cand_ids, axis=1)

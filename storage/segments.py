@@ -50,7 +50,8 @@ from sqlalchemy.orm import Session
 from scenegrep.storage.catalog import Catalog, EncoderRow, SegmentRow, StateRow, TombstoneRow
 from scenegrep.storage.errors import VectorIndexError
 from scenegrep.storage.fileio import unlink_quietly
-from scenegrep.storage.segfiles import SegmentMeta, fd_path, open_segment, segment_problem
+from scenegrep.storage.indextypes import is_exact
+from scenegrep.storage.segfiles import RerankBlock, SegmentMeta, fd_path, open_segment, segment_problem
 
 __all__ = ["Segments", "Snapshot", "DamagedSegmentError", "RetiredSegmentError", "commit_number"]
 
@@ -139,6 +140,7 @@ class Segments:
         self.snapshot: Snapshot | None = None
         self._pins: dict[str, int] = {}  # filename -> open descriptor (keeps a deleted file readable)
         self._open: dict[str, faiss.Index] = {}  # filename -> mapped index (checked in full once)
+        self._blocks: dict[str, RerankBlock | None] = {}  # filename -> re-ranking block (storage/segfiles.py)
         self._damaged: dict[str, str] = {}  # filename -> one-line problem
         self._retired: set[str] = set()  # files of this snapshot deleted by a newer commit before pinning
 
@@ -146,6 +148,7 @@ class Segments:
         """Forget the snapshot, unmap every segment and close every pin (on close)."""
         self.snapshot = None
         self._open.clear()
+        self._blocks.clear()
         self._retired.clear()
         for name in list(self._pins):
             self._unpin(name)
@@ -198,6 +201,7 @@ class Segments:
 
     def _unpin(self, name: str) -> None:
         self._open.pop(name, None)
+        self._blocks.pop(name, None)
         fd = self._pins.pop(name, None)
         if fd is not None:
             os.close(fd)
@@ -253,6 +257,19 @@ class Segments:
         index = open_segment(self.folder, meta, self.snapshot.dim, read_from=fd_path(fd))
         self._open[meta.filename] = index
         return index
+
+    def rerank_block(self, meta: SegmentMeta) -> RerankBlock | None:
+        """The re-ranking block of a compressed segment of the current snapshot (None: Flat, or a file
+        written before blocks existed); raises as :meth:`index` does, which checks the file first."""
+        if meta.filename in self._blocks:
+            return self._blocks[meta.filename]
+        self.index(meta)
+        block = None
+        if not is_exact(meta.factory):
+            assert self.snapshot is not None and self.snapshot.dim is not None
+            block = RerankBlock.read(self._pins[meta.filename], meta.size_bytes, meta.ntotal, self.snapshot.dim)
+        self._blocks[meta.filename] = block
+        return block
 
     def forget_damage(self, filenames: Iterable[str]) -> None:
         """Drop recorded damage of these files (after a repair replaced them)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,28 @@ def test_ivf_segment_recall_filters_and_exact_scores(ivf_store):
         same(ivf_store.search(QUERIES, 10, filter=f), oracle(ivf_store, QUERIES, 10, f))
     ivf_store.search_settings = SearchSettings(nprobe=1)
     assert ivf_store.recall_at_10(sample=50) < ivf_store.recall_at_10(sample=50, nprobe=128)
+
+
+def test_compressed_segment_carries_its_rerank_block(ivf_store):
+    """The IVF segment file ends with its ids (ascending) and float16 vectors: the catalog's very values,
+    which searches re-score from without a catalog query."""
+    ivf_store.refresh()
+    segments = ivf_store._segments
+    (meta,) = segments.snapshot.segments.values()
+    block = segments.rerank_block(meta)
+    assert block is not None and block.ids.size == meta.ntotal and np.all(np.diff(block.ids) > 0)
+    stored = ivf_store.instance_vectors(block.ids.tolist())
+    assert set(stored) == set(block.ids.tolist())
+    some = block.ids[:: max(1, block.ids.size // 50)]
+    got = block.scores(QUERIES, np.tile(np.append(some, [-1, 10**12]), (len(QUERIES), 1)))
+    want = QUERIES @ np.stack([stored[int(i)] for i in some]).T
+    np.testing.assert_allclose(got[:, :-2], want, rtol=0, atol=1e-5)
+    assert np.isneginf(got[:, -2:]).all()  # no id, an id not in the segment
+    with open(ivf_store.home / "vectors" / meta.filename, "rb") as f:  # the format: a footer at the end
+        f.seek(-32, 2)
+        magic, faiss_len, n, dim = struct.unpack("<8sQQQ", f.read())
+    assert magic == b"SGRERANK" and n == meta.ntotal and dim == DIM
+    assert faiss_len + n * (8 + 2 * DIM) + 32 == meta.size_bytes
 
 
 def test_bulk_reads_and_reference_vectors(store):
