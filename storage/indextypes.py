@@ -10,7 +10,8 @@ The policy (recorded per segment as its FAISS factory string, so old segments ke
   :data:`MAX_NLIST` (512 at 100k, 2048 at 1M); trained on a seeded sample of the segment's own vectors
   (at most :data:`TRAIN_PER_LIST` per list, :data:`TRAIN_ITERATIONS` k-means rounds). Its scores are
   rough, so each search takes :func:`rerank_for` x k candidates and storage/query.py re-scores them
-  exactly from the catalog's float16 vectors: scores are exact cosines whatever the segment type.
+  exactly from the float16 vectors stored after the index in the segment file (storage/segfiles.py):
+  scores are exact cosines whatever the segment type.
   Measured on the issue's hard 1M vectors (BENCHMARKS.md): ``IVF1024,SQ8`` needed 9 ms of FAISS per
   query for recall@10 0.98 at nprobe 32, this type a third to a half of that for the same recall.
   Older segments' ``IVF<nlist>,SQ8`` (and ``IVF<nlist>_HNSW32,...``, with ``ef_search``) stay readable;
