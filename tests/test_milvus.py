@@ -17,9 +17,10 @@ pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (pip ins
 
 from click.testing import CliRunner  # noqa: E402
 
-from scenegrep.storage import EncoderIdentity, InstanceEntry, InstanceFilter, NotFoundError, ScanEntry, Store  # noqa: E402
+from scenegrep.storage import EncoderIdentity, InstanceFilter, NotFoundError, Store  # noqa: E402
 from scenegrep.storage.backends import VectorsUriError, VectorsUriMismatchError, parse_vectors_uri  # noqa: E402
 from scenegrep.storage.milvus_filters import NOTHING, milvus_expression, quote  # noqa: E402
+from test_storage_segments import make_scan as segments_scan  # noqa: E402
 
 DIM = 16
 ENC = EncoderIdentity("tiny", None, None, DIM, True)
@@ -34,31 +35,8 @@ SCANS = [  # name, seed, tags, proposer: 5 scans x 60 instances = about 250 vect
 
 
 def make_scan(name: str, seed: int, tags=(), proposer="geometric", n_inst: int = 60):
-    rng = np.random.default_rng(seed)
-    n_points = 400
-    scale = rng.uniform(0.2, 3.0, 3)
-    scan = ScanEntry(
-        name=name,
-        source_path=f"/data/{seed}",
-        content_hash=f"h-{seed}",
-        layout="synthetic",
-        points=(rng.uniform(-1, 1, (n_points, 3)) * scale).astype(np.float32),
-        colors=rng.integers(0, 256, (n_points, 3), dtype=np.uint8),
-        frame_count=1,
-        tags=list(tags),
-        info={"proposer": proposer},
-    )
-    vecs = rng.standard_normal((n_inst, DIM)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    insts = [
-        InstanceEntry(
-            np.sort(rng.choice(n_points, int(rng.integers(1, 120)), replace=False)),
-            float(rng.uniform()),
-            None if i % 9 == 4 else vecs[i],
-        )
-        for i in range(n_inst)
-    ]
-    return scan, insts
+    """The storage tests' synthetic scan (tests/test_storage_segments.py), with this file's defaults."""
+    return segments_scan(name, seed, n_inst=n_inst, tags=tags, proposer=proposer)
 
 
 def fill(store: Store) -> None:
