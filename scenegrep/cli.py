@@ -325,20 +325,23 @@ def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: boo
     A folder that is not itself a scan stands for every scan folder inside it.
     """
     catalog_url = options.pop("catalog_url")
-    settings = scenegrep.IndexSettings.create(preset, **_given(**options))
-    progress = _progress(quiet or as_json)
-    # Ray prints its own messages (worker output, a worker's death) on stdout: send them to stderr, so
-    # stdout carries the outcomes only
-    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if settings.ray_address else contextlib.nullcontext()
-    opened = (_open(ctx, write=True, device=settings.device, catalog_url=catalog_url) if vectors_uri is None else
-              scenegrep.Collection(_home(ctx), write=True, device=settings.device, vectors_uri=vectors_uri,
+    device = options.get("device") or "cpu"
+    # the home and its URIs first: a bad one is reported before any model weights are looked up
+    opened = (_open(ctx, write=True, device=device, catalog_url=catalog_url) if vectors_uri is None else
+              scenegrep.Collection(_home(ctx), write=True, device=device, vectors_uri=vectors_uri,
                                    catalog_url=catalog_url))
-    with opened as col, quiet_stdout:
-        if progress is None:
-            outcomes = col.index(paths, settings)
-        else:
-            with progress:
-                outcomes = col.index(paths, settings, progress=progress)
+    with opened as col:
+        settings = scenegrep.IndexSettings.create(preset, **_given(**options))
+        progress = _progress(quiet or as_json)
+        # Ray prints its own messages (worker output, a worker's death) on stdout: send them to stderr, so
+        # stdout carries the outcomes only
+        quiet_stdout = contextlib.redirect_stdout(sys.stderr) if settings.ray_address else contextlib.nullcontext()
+        with quiet_stdout:
+            if progress is None:
+                outcomes = col.index(paths, settings)
+            else:
+                with progress:
+                    outcomes = col.index(paths, settings, progress=progress)
     if as_json:
         _echo_json([{
             "path": str(o.path), "name": o.name, "status": o.status, "instances": o.instances,

@@ -64,6 +64,10 @@ class Collection:
                  catalog_url: str | None = None):
         self._home = Path(home)
         self._write = write
+        if vectors_uri is not None:  # a malformed URI fails now, before any model or file is touched
+            from scenegrep.storage.backends import parse_vectors_uri
+
+            parse_vectors_uri(vectors_uri, self._home)
         self._vectors_uri = vectors_uri
         self._catalog_url = catalog_url
         self._device = device
@@ -291,8 +295,10 @@ class Collection:
 
     def optimize(self) -> dict[str, Any]:
         """Merge small segments and drop deleted vectors now (writers also do it by policy)."""
+        from dataclasses import asdict
+
         self._require_writer("optimize")
-        return self._store.optimize()
+        return asdict(self._store.optimize())
 
     def migrate(self, to: str, *, batch: int = 20_000) -> dict[str, Any]:
         """Move this home's vectors to ``to``: ``milvus-lite:PATH.db`` (relative to the home),

@@ -384,6 +384,18 @@ def test_progress_bars_only_on_a_terminal(home, synth_scans, tiny_clip_model):
     assert task.description == "scan-a [store]" and task.completed == 1
 
 
+def test_optimize_command(indexed_home):
+    """`optimize` merges what is live into one segment; searches find the same hits afterwards."""
+    before = json.loads(run("search", "a red chair", "-k", "20", "--json").stdout)
+    vectors = json.loads(run("stats", "--json").stdout)["vectors"]
+    report = json.loads(run("optimize", "--json").stdout)
+    assert report["vectors"] == vectors and report["dropped"] == 0 and report["factory"] == "IDMap,Flat"
+    human = run("optimize").stdout.splitlines()  # already one segment: nothing to merge
+    assert human[0].split() == ["merged", "0"] and any(line.split()[0] == "vectors" for line in human)
+    after = json.loads(run("search", "a red chair", "-k", "20", "--json").stdout)
+    assert [(h["id"], h["score"]) for h in after] == [(h["id"], h["score"]) for h in before]
+
+
 def test_verify_command(indexed_home):
     res = run("verify")
     assert res.stdout.strip().endswith(": ok")
