@@ -243,19 +243,17 @@ def open_home(
     url, new = resolve_catalog_url(layout.root, catalog_url, create=True)
     if url.get_backend_name() == "sqlite":
         lock: HomeLock = WriterLock.acquire(layout)
+        catalog: Catalog | None = None
         try:
             _refuse_lost_catalog(layout, Path(url.database or ""))
             catalog = Catalog.open(url)
+            if new:
+                record_catalog_url(layout.root, str(catalog_url))
         except BaseException:
+            if catalog is not None:
+                catalog.close()
             lock.release()
             raise
-        if new:
-            try:
-                record_catalog_url(layout.root, str(catalog_url))
-            except BaseException:
-                catalog.close()
-                lock.release()
-                raise
         return layout, catalog, lock
     catalog = Catalog.connect(url)
     try:

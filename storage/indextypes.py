@@ -24,8 +24,9 @@ Search settings (per store, overridable per call):
   least 32 (32 of 512 at 100k, 64 of 2048 at 1M); BENCHMARKS.md has the recall this gives.
   A filter that leaves a fraction f of a segment eligible visits nprobe x min(1 / f, :data:`FILTER_BOOST`)
   lists (filtered to 2 % of the benchmark's 1M vectors, 2x the lists took the filtered recall@10 from
-  0.89 to 0.96 at nprobe 32, BENCHMARKS.md). storage/query.py widens further when that still finds fewer than k eligible vectors, and scores
-  small eligible sets exactly without FAISS, so a filtered query returns k hits whenever k exist.
+  0.89 to 0.96 at nprobe 32, BENCHMARKS.md). storage/query.py widens further when that still finds
+  fewer than k eligible vectors, and scores small eligible sets exactly without FAISS, so a filtered
+  query returns k hits whenever k exist.
 - ``ef_search``: HNSW coarse quantizer's efSearch, default :data:`DEFAULT_EF_SEARCH` (at least nprobe).
 
 FAISS runs on one OpenMP thread for a single query: on a loaded machine its default of one thread per

@@ -29,6 +29,7 @@ from scenegrep.storage.filters import InstanceFilter, filtered_ids
 from scenegrep.storage.indextypes import is_exact, nlist_of, rerank_for, search_params, threads_for
 from scenegrep.storage.reads import chunks
 from scenegrep.storage.records import VECTOR_DTYPE
+from scenegrep.storage.segfiles import SegmentMeta
 from scenegrep.storage.segments import RetiredSegmentError, Segments
 
 __all__ = ["Searcher", "SearchSettings", "normalized_queries", "EXACT_FILTER_MAX"]
@@ -214,7 +215,13 @@ class Searcher:
         return self._top_k(ids_all, scores_all, k)
 
     def _search_segment(
-        self, meta, q: np.ndarray, kk: int, selector: faiss.IDSelector | None, settings: SearchSettings, eligible: int
+        self,
+        meta: SegmentMeta,
+        q: np.ndarray,
+        kk: int,
+        selector: faiss.IDSelector | None,
+        settings: SearchSettings,
+        eligible: int,
     ) -> tuple[np.ndarray, np.ndarray]:
         """FAISS's top-``kk`` of one segment; an IVF search that came back short of ``kk`` although
         ``eligible`` >= kk vectors may match is repeated with twice the lists until it is not (or every list
@@ -247,7 +254,10 @@ class Searcher:
         if known.size:
             scores = q @ vectors.T
             n = min(kk, known.size)
-            top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < known.size else np.tile(np.arange(n), (q.shape[0], 1))
+            if n < known.size:
+                top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+            else:
+                top = np.tile(np.arange(n), (q.shape[0], 1))
             out_d[:, :n] = np.take_along_axis(scores, top, 1)
             out_i[:, :n] = known[top]
         return out_d, out_i
