@@ -112,6 +112,28 @@ def test_union_weights_default_to_member_priors():
         "geometric", "lifted"]  # explicit weights override the priors
 
 
+def test_weaker_member_never_displaces_a_stronger_members_mask():
+    """The shelf's case: the strong member ranks a good mask low (a colour part, scored below its hierarchy
+    masks); the weak member's best mask duplicates it with a higher weighted score. The strong member's mask
+    stays and the weak duplicate goes; the weak member's mask that duplicates nothing stays; the output is
+    still in descending score."""
+    strong = Fixed("geometric", _ms([np.arange(200, 300), np.arange(400, 500), np.arange(0, 100)],
+                                    [0.9, 0.8, 0.1]))
+    weak = Prior("lifted", _ms([np.arange(5, 100), np.arange(600, 700)], [0.9, 0.5]), 0.5)
+    out = UnionProposer([strong, weak]).propose(FakeScan())
+    assert [(src, m[0]) for src, m in zip(out.sources.tolist(), out)] == [
+        ("geometric", 200), ("geometric", 400), ("geometric", 0), ("lifted", 600)]
+    assert out.scores.tolist() == pytest.approx([1.0, 2 / 3, 1 / 3, 0.25])
+    # equal weights: plain score-greedy NMS, the higher-scored duplicate wins
+    even = UnionProposer([strong, weak], weights=[1.0, 1.0]).propose(FakeScan())
+    assert ("lifted", 5) in [(src, m[0]) for src, m in zip(even.sources.tolist(), even)]
+    assert ("geometric", 0) not in [(src, m[0]) for src, m in zip(even.sources.tolist(), even)]
+    # nms_keep's priority: visited by priority first, score second
+    ms = _ms([np.arange(100), np.arange(3, 100)], [0.1, 0.9])
+    assert nms_keep(ms, 0.5, np.array(["a", "b"]), np.array([1.0, 0.5])).tolist() == [0]
+    assert nms_keep(ms, 0.5, np.array(["a", "b"])).tolist() == [1]
+
+
 def test_weight_free_lifted_member_has_prior_half():
     u = make_proposer("union")
     assert [m.name for m in u.members] == ["geometric", "lifted"]
