@@ -239,7 +239,28 @@ def open_home(
                 "(index scans first with `scenegrep index`, or point --home elsewhere)"
             )
         return layout, Catalog.open(url, migrate=False), None
+    created = not layout.root.exists()
     layout.create()
+    try:
+        return _open_writer(layout, catalog_url)
+    except BaseException:
+        if created:
+            _remove_unused_home(layout)
+        raise
+
+
+def _remove_unused_home(layout: HomeLayout) -> None:
+    """Remove the empty folders of a home whose first open failed, so a mistyped database URL leaves
+    nothing behind. Anything in them stays, the SQLite lock file included: another process may hold it."""
+    for folder in (layout.vectors, layout.points, layout.root):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone): keep what is there
+            pass
+
+
+def _open_writer(layout: HomeLayout, catalog_url: str | None) -> tuple[HomeLayout, Catalog, HomeLock]:
+    """The writer half of :func:`open_catalog`, once the home's folders exist."""
     url, new = resolve_catalog_url(layout.root, catalog_url, create=True)
     if url.get_backend_name() == "sqlite":
         lock: HomeLock = WriterLock.acquire(layout)

@@ -140,7 +140,7 @@ def test_an_unreachable_database_is_a_one_line_catalog_error_without_the_passwor
     msg = str(err.value)
     assert msg.startswith("postgresql+psycopg://scenegrep:***@127.0.0.1:1/scenegrep: ") and "\n" not in msg
     assert SECRET not in msg and "refused" in msg
-    assert not (home / "home.json").exists()  # a home whose catalog never opened records nothing
+    assert not home.exists()  # a home whose catalog never opened is not left behind, not even its folders
     Store.open(home).close()  # ... and can still become an SQLite home
 
 
