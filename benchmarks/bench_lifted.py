@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -73,10 +74,22 @@ def main() -> None:
     ap.add_argument("--shelf", type=Path, default=Path("../shared/data/labelfusion-shelf"))
     ap.add_argument("--cost-preset", default=None, help="also time one room of this preset (scannet)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--config", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="LiftedConfig fields for every run, e.g. contained_ratio=0.6 consensus=0.7")
     args = ap.parse_args()
+    fields = {f.name: f.type for f in dataclasses.fields(LiftedConfig)}
+    overrides: dict = {}
+    for item in args.config:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            ap.error(f"--config {item}: no LiftedConfig field {key!r}")
+        kind = str(fields[key])
+        overrides[key] = (None if value == "None" else value.lower() in ("1", "true") if "bool" in kind
+                          else int(value) if "int" in kind else float(value))
+    config = LiftedConfig(**overrides)
     logging.basicConfig(level=logging.WARNING)
     args.data.mkdir(parents=True, exist_ok=True)
-    out: dict = {"oracle": [], "weight_free": [], "cost": []}
+    out: dict = {"config": dataclasses.asdict(config), "oracle": [], "weight_free": [], "cost": []}
 
     scans = []
     for s in args.seeds:
@@ -86,11 +99,11 @@ def main() -> None:
         for label, opts in CASES:
             seg = PerturbedSegmenter(LabelMapSegmenter(), **opts) if opts else LabelMapSegmenter()
             t0 = time.perf_counter()
-            res = evaluate_many([(LiftedProposer(seg).propose(s), gt) for s, gt in scans])
+            res = evaluate_many([(LiftedProposer(seg, config).propose(s), gt) for s, gt in scans])
             out["oracle"].append(_row(label, res, (time.perf_counter() - t0) / len(scans)))
             print("oracle", out["oracle"][-1], flush=True)
         t0 = time.perf_counter()
-        res = evaluate_many([(LiftedProposer(FelzenszwalbSegmenter()).propose(s), gt) for s, gt in scans])
+        res = evaluate_many([(LiftedProposer(FelzenszwalbSegmenter(), config).propose(s), gt) for s, gt in scans])
         out["weight_free"].append({"scans": f"synthetic x{len(scans)}",
                                    **_row("felzenszwalb", res, (time.perf_counter() - t0) / len(scans))})
         print("weight-free", out["weight_free"][-1], flush=True)
@@ -99,7 +112,7 @@ def main() -> None:
         gt, source = load_ground_truth(shelf)
         for label, seg in (("felzenszwalb", FelzenszwalbSegmenter()), ("label maps (oracle)", LabelMapSegmenter())):
             t0 = time.perf_counter()
-            res = evaluate_masks(LiftedProposer(seg).propose(shelf), gt, per_instance=True)
+            res = evaluate_masks(LiftedProposer(seg, config).propose(shelf), gt, per_instance=True)
             row = {"scans": "labelfusion-shelf", **_row(label, res, time.perf_counter() - t0),
                    "best_iou": {i["gt"]: round(i["best_iou"], 3) for i in res.instances}, "gt": source}
             out["weight_free"].append(row)
@@ -111,7 +124,7 @@ def main() -> None:
         gt = np.load(p / "gt_instances.npy")
         for label, seg in (("felzenszwalb", FelzenszwalbSegmenter()), ("label maps (oracle)", LabelMapSegmenter())):
             base = reset_peak()
-            prop = LiftedProposer(seg, LiftedConfig())
+            prop = LiftedProposer(seg, config)
             t0 = time.perf_counter()
             masks = prop.propose(scan)
             total = time.perf_counter() - t0

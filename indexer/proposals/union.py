@@ -15,7 +15,8 @@ Every member proposes on the scan; the masks are pooled with
   none): the expected precision of that proposer family relative to the others. The geometric proposer,
   Mask3D, imported files and the lifted proposer with SAM or label-map masks declare none (1); the lifted
   proposer with the weight-free Felzenszwalb segmenter declares 0.5, its measured AP50 on the synthetic
-  benchmark rooms where the geometric proposer's is 1.0. A member weighted ``w`` ranks its best mask
+  benchmark rooms where the geometric proposer's is 1.0 (0.76 with the lifted defaults of 2026-12-02; the
+  union's AP is the same at either value, so the cautious one stays). A member weighted ``w`` ranks its best mask
   level with the other members' ``w``-quantile, so its masks fill in what the stronger member missed
   (they survive duplicate removal where nothing better overlaps them) without displacing its good masks.
   ``weights=`` overrides the priors.
