@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.scenegrep-installed
 
-.PHONY: test demo bench clean chromium postgres
+.PHONY: test demo bench clean debian-packages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,30 +14,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP) chromium postgres
+test: $(STAMP) debian-packages
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# tests/test_page_browser.py drives Debian's chromium through Playwright (Playwright's own browser download
-# cannot work here): install it when missing (as root, quietly); without root the test skips and says why.
-chromium:
-	@test -x /usr/bin/chromium || { \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian's chromium for the page test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else \
-	    echo "chromium is missing and this is not root: tests/test_page_browser.py will be skipped"; \
-	  fi; }
-
-# the storage tests run against PostgreSQL too (tests/pgserver.py starts a throwaway server): install Debian's
-# postgresql when missing (as root, quietly); without it those cases skip and say why.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian's postgresql for the catalog tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
-	  else \
-	    echo "postgresql is missing and this is not root: the PostgreSQL catalog tests will be skipped"; \
-	  fi; }
+# Debian packages some tests need, installed when missing (as root, quietly, with one apt-get update for
+# both); without root the tests that need them skip and say why. chromium: tests/test_page_browser.py drives
+# it through Playwright (Playwright's own browser download cannot work here). postgresql: the storage tests
+# also run against a throwaway PostgreSQL server (tests/pgserver.py).
+debian-packages:
+	@missing=""; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's$$missing for the tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+	  echo "missing Debian packages:$$missing (not root): the tests that need them will be skipped"; \
+	fi
 
 demo: $(STAMP)
 	$(VENV)/bin/scenegrep --home scenegrep-home demo --out demo-out
