@@ -80,6 +80,9 @@ def main() -> None:
 
     scan = read_scan(args.scan)
     gt, source = load_ground_truth(scan)
+    bad = [pos for pos in args.frames if not 0 <= pos < len(scan.frames)]
+    if bad:
+        raise SystemExit(f"{args.scan}: no frame at position(s) {bad}; the scan has {len(scan.frames)} frames")
     inside = gt == args.gt_id
     if not inside.any():
         raise SystemExit(f"{args.scan}: no point has ground-truth id {args.gt_id} ({source})")
@@ -132,4 +135,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from scenegrep.errors import ScenegrepError
+
+    try:
+        main()
+    except ScenegrepError as e:  # bad input: one line naming the file, as the CLI does
+        raise SystemExit(f"frameview: {e}") from None

@@ -167,4 +167,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from scenegrep.errors import ScenegrepError
+
+    try:
+        main()
+    except ScenegrepError as e:  # bad input: one line naming the file, as the CLI does
+        raise SystemExit(f"topview: {e}") from None

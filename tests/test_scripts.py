@@ -69,3 +69,11 @@ def test_frameview_rows_panels_and_reported_iou(labelled, tmp_path):
                .propose(scan))
     (reported,) = re.findall(r"geometric: best mask \d+ points, IoU ([0-9.]+)", res.stderr)
     assert float(reported) == pytest.approx(best, abs=5e-4)
+
+
+@pytest.mark.parametrize("script, extra", [("topview.py", ["--gt"]), ("frameview.py", ["--gt-id", "1"])])
+def test_scripts_report_a_bad_scan_in_one_line(tmp_path, script, extra):
+    res = subprocess.run([sys.executable, str(SCRIPTS / script), str(tmp_path / "nope"), *extra, "-o",
+                          str(tmp_path / "x.png")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert str(tmp_path / "nope") in res.stderr and "Traceback" not in res.stderr
