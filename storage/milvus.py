@@ -431,7 +431,9 @@ class MilvusBackend:
     def verify(self, full: bool) -> list[str]:
         """The collection exists when vectors are live, and holds exactly the live ids (plus committed deletes
         not applied yet and an uncommitted staged range, which a writer's open finishes). ``full`` also
-        compares every id."""
+        compares every id, both ways: live ids missing from Milvus, and ids Milvus holds that are neither
+        live, nor waiting to be deleted, nor in the staged range (they would never be searched, as hits are
+        intersected with the live ids, but they take space and mean something wrote there)."""
         with self._catalog.transaction() as s:
             live = live_count(s)
             waiting = int(s.scalar(select(func.count()).select_from(VectorDeleteRow)) or 0)
@@ -446,9 +448,17 @@ class MilvusBackend:
             stored = np.sort(np.fromiter(self._all_ids(), np.int64))
             with self._catalog.transaction() as s:
                 want = live_ids(s)
+                expected = np.union1d(want, np.fromiter(s.scalars(select(VectorDeleteRow.id)), np.int64))
+                lo, hi = state_int(s, STAGED_LO), state_int(s, STAGED_HI)
             missing = np.setdiff1d(want, stored)
             if missing.size:
                 problems.append(f"{self._where()}: {missing.size} live vectors are missing (e.g. id {int(missing[0])})")
+            extra = np.setdiff1d(stored, expected)
+            if lo is not None and hi is not None:
+                extra = extra[(extra < lo) | (extra > hi)]
+            if extra.size:
+                problems.append(f"{self._where()}: holds {extra.size} vectors the catalog does not know "
+                                f"(e.g. id {int(extra[0])})")
         return problems
 
     def _all_ids(self) -> Iterator[int]:

@@ -108,6 +108,31 @@ def test_remove_and_replace_agree(pair):
     assert milvus_store.verify() == []
 
 
+def test_verify_finds_vectors_the_catalog_does_not_know(pair):
+    """A vector written to the collection behind the catalog's back (never searched: hits are intersected
+    with the live ids): the quick verify sees the count is off, the full one names the id; once deleted,
+    verify is clean."""
+    from scenegrep.storage.backends import VectorBatch
+
+    _, milvus_store = pair
+    backend = milvus_store._vectors
+    stray = 10**12
+    vec = np.zeros((1, ENC.dim), np.float32)
+    vec[0, 0] = 1.0
+    backend.insert(VectorBatch(np.array([stray], np.int64), vec, ["ghost"], [()], np.array([5]), np.array([0.1]),
+                               ["geometric"]))
+    try:
+        (count,) = milvus_store.verify(full=False)
+        assert "holds" in count and "live" in count
+        count_again, problem = milvus_store.verify()
+        assert count_again == count
+        assert "holds 1 vectors the catalog does not know" in problem and str(stray) in problem
+        assert all(i != stray for hits in milvus_store.search(vec, 50) for i, _ in hits)
+    finally:
+        backend.delete_ids([stray])
+    assert milvus_store.verify() == []
+
+
 def test_filter_translation_quotes_and_ranges():
     assert milvus_expression(None) == "" and milvus_expression(InstanceFilter()) == ""
     assert milvus_expression(InstanceFilter(scans=())) == NOTHING
