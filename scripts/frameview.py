@@ -13,10 +13,11 @@ One row per frame, one panel per column:
    (over every mask, whatever its size) in the corner.
 
 With ``--crop`` every row is cut to the box around what it draws (label, object points, masks) plus
-``--crop`` pixels, and scaled to the same height. Points are drawn where the features stage's visibility test (projection, depth test of ``--depth-threshold``
-metres) puts them, as squares of ``--point`` pixels. Written to see why a mask and a label disagree: on
-labelfusion-shelf the label of the straws (48) reaches past the bag onto the dark gap and the bin's side wall
-and leaves the bag's white left part out, so no mask of the bag itself reaches IoU 0.5 (BENCHMARKS.md).
+``--crop`` pixels, and scaled to ``--row-height``. Points are drawn where the features stage's visibility
+test (projection, depth test of ``--depth-threshold`` metres) puts them, as squares of ``--point`` pixels.
+Written to see why a mask and a label disagree: on labelfusion-shelf the label of the straws (48) reaches
+past the bag onto the dark gap and the bin's side wall and leaves the bag's white left part out, so no mask
+of the bag itself reaches IoU 0.5 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def main() -> None:
             row = row.resize((round(row.width * args.row_height / row.height), args.row_height))
         pen = ImageDraw.Draw(row)
         width = row.width // len(panels)
-        for k, text in enumerate(["label map", f"gt id {args.gt_id}"] + [f"{n}: IoU {i:.2f}" for n, _, i in found]):
+        titles = ["label map", f"gt id {args.gt_id}"] + [f"{n}: IoU {i:.2f}" for n, _, i in found]
+        for k, text in enumerate(titles):
             pen.text((k * width + 6, 6), text, fill=(255, 255, 255))
         rows.append(np.asarray(row))
     wide = max(r.shape[1] for r in rows)

@@ -16,8 +16,8 @@ Every member proposes on the scan; the masks are pooled with
   Mask3D, imported files and the lifted proposer with SAM or label-map masks declare none (1); the lifted
   proposer with the weight-free Felzenszwalb segmenter declares 0.5, its measured AP50 on the synthetic
   benchmark rooms where the geometric proposer's is 1.0 (0.76 with the lifted defaults of 2026-12-02; the
-  union's AP is the same at either value, so the cautious one stays). A member weighted ``w`` ranks its best mask
-  level with the other members' ``w``-quantile, so its masks fill in what the stronger member missed
+  union's AP is the same at either value, so the cautious one stays). A member weighted ``w`` ranks its
+  best mask level with the other members' ``w``-quantile, so its masks fill in what the stronger member missed
   (they survive duplicate removal where nothing better overlaps them) without displacing its good masks.
   ``weights=`` overrides the priors.
 * **duplicate removal**: greedy non-maximum suppression on point-set IoU: masks of the more reliable
@@ -26,10 +26,10 @@ Every member proposes on the scan; the masks are pooled with
   Visiting by weight first means a less reliable member never displaces a more reliable member's mask,
   even one that member ranked low: on labelfusion-shelf the geometric proposer's colour part of the box
   (IoU 0.84 with the labelled box, ranked below its hierarchy masks) used to lose to a Felzenszwalb-lifted
-  box mask (IoU 0.72) whose weighted score was higher. With equal weights this is plain score-greedy NMS. A member's own overlapping masks are its choice (a hierarchy proposes an
-  object and its parts; the geometric proposer already drops its near-duplicates above IoU 0.9): removing
-  them cost the union 0.045 AP50 against geometric alone on a table-top scan without frames, where the
-  lifted member adds nothing.
+  box mask (IoU 0.72) whose weighted score was higher. With equal weights this is plain score-greedy NMS.
+  A member's own overlapping masks are its choice (a hierarchy proposes an object and its parts; the
+  geometric proposer already drops its near-duplicates above IoU 0.9): removing them cost the union 0.045
+  AP50 against geometric alone on a table-top scan without frames, where the lifted member adds nothing.
   Overlaps come from one sparse product of the (masks x points) CSR matrix with its transpose, so only
   overlapping pairs are ever materialised.
 
