@@ -249,11 +249,15 @@ LOOSE = SamAutomaticOptions(points_per_side=4, points_per_batch=16, pred_iou_thr
                             stability_score_thresh=0.0)
 
 
-def test_sam_automatic_segmenter_from_a_checkpoint(tiny_sam, labelled_scans):
+def test_sam_automatic_segmenter_from_a_checkpoint(tiny_sam, labelled_scans, caplog):
     from scenegrep.indexer.weights import sha256_file
 
-    prop = make_proposer("lifted", sam_checkpoint=tiny_sam, sam_model=TINY, sam_options=LOOSE, max_frames=2,
-                         min_detections=1)
+    with caplog.at_level(logging.WARNING, logger="scenegrep.indexer.proposals.segmenters"):
+        prop = make_proposer("lifted", sam_checkpoint=tiny_sam, sam_model=TINY, sam_options=LOOSE, max_frames=2,
+                             min_detections=1)
+    # on the CPU the user is told it is slow and what to use instead (BENCHMARKS.md: ~2 min per frame)
+    assert any("on the CPU are slow" in r.getMessage() and "--device cuda" in r.getMessage()
+               for r in caplog.records)
     seg = prop.segmenter
     assert isinstance(seg, SamAutomaticSegmenter) and seg.name == f"sam-amg:{TINY}"
     ident = prop.identity()["segmenter"]

@@ -255,6 +255,11 @@ class SamAutomaticSegmenter:
         self.checkpoint_sha256 = checkpoint_sha256
         self.device, self.precision = str(device), precision
         self.frames = 0
+        if self.device == "cpu":
+            # measured (BENCHMARKS.md): each frame decodes points_per_side^2 prompts against the whole image
+            log.warning("SAM's automatic masks on the CPU are slow: about 2 minutes per 640x480 frame with "
+                        "vit_b (32 x 32 prompts, 2 cores), i.e. hours per scan of 100 frames; use a GPU "
+                        "(--device cuda) or the weight-free segmenter (--segmenter felzenszwalb)")
 
     @classmethod
     def from_refiner(cls, refiner: "SamRefiner", options: SamAutomaticOptions | None = None) -> "SamAutomaticSegmenter":
