@@ -13,6 +13,12 @@ to finish it. A worker that dies (killed, out of memory, a crashed node) is repl
 the scan it held goes back to the queue, up to ``max_attempts`` tries in all; then the scan fails with the
 reason. A scan with bad input fails alone, as in a sequential run, and the outcomes have the same shape.
 
+Progress: the driver reports each scan's stage boundaries as the workers' calls return ("read",
+"propose", "features", "store"). The end of "propose" and the features stage's own events
+("features:<step>", done, total: the same as a sequential run's) come from inside the workers through a Ray queue the driver drains between
+calls and at least every ``PROGRESS_EVERY`` seconds; a worker sends the first and last event of each step
+and at most one in between per ``PROGRESS_EVERY``, and drops events rather than wait when the queue is full.
+
 ``ray`` is imported only here, and only when a job asks for Ray.
 """
 
@@ -56,6 +62,11 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 #: Object store of a Ray instance started here: finished scans pass through it one at a time per worker.
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
+#: Seconds: the driver drains the workers' progress events at least this often, and a worker sends at most
+#: one intermediate event per feature step this often.
+PROGRESS_EVERY = 0.5
+#: Progress events the queue holds before workers drop theirs.
+PROGRESS_QUEUE = 10_000
 
 
 class RayIndexError(ScenegrepError):
@@ -117,14 +128,39 @@ class ScanWorker:
             return _Failed(str(e))
         return _Header(self.scan.name, self.scan.content_hash, seconds)
 
-    def process(self) -> "ScanResult | _Failed":
-        """Propose and featurise the scan read last; returns its records."""
+    def process(self, events: Any = None) -> "ScanResult | _Failed":
+        """Propose and featurise the scan read last; returns its records. ``events``: the driver's progress
+        queue (``ray.util.queue.Queue``), which gets the features stage's events (module doc)."""
         assert self.indexer is not None and self.scan is not None, "read() first"
         scan, self.scan = self.scan, None
         try:
-            return self.indexer.process(scan)
+            return self.indexer.process(scan, _Forward(events) if events is not None else None)
         except SCAN_ERRORS as e:
             return _Failed(str(e))
+
+
+class _Forward:
+    """A worker's progress callback: the end of "propose" and the features stage's events into the
+    driver's queue, throttled per step (the first and last of each always), dropped when the queue is
+    full; the other stage boundaries are the driver's to report."""
+
+    def __init__(self, queue: Any):
+        self.queue = queue
+        self.last: dict[str, float] = {}
+
+    def __call__(self, scan: str, stage: str, done: int, total: int) -> None:
+        from ray.util.queue import Full
+
+        if not (stage.startswith("features:") or (stage == "propose" and done == total)):
+            return
+        now = time.monotonic()
+        if 0 < done < total and now - self.last.get(stage, -PROGRESS_EVERY) < PROGRESS_EVERY:
+            return
+        self.last[stage] = now
+        try:
+            self.queue.put_nowait((scan, stage, done, total))
+        except Full:
+            pass
 
 
 def _import_ray() -> Any:
@@ -220,6 +256,11 @@ class _Driver:
         self.idle: list[Any] = []
         self.actors: list[Any] = []
         self.setup_deaths = 0
+        self.proposed: set[str] = set()  # scans whose worker reported the end of "propose"
+        from ray.util.queue import Queue
+
+        # num_cpus=0: an actor asks for one CPU to be scheduled, which the workers may all hold
+        self.events = Queue(maxsize=PROGRESS_QUEUE, actor_options={"num_cpus": 0})
 
     # -- workers ---------------------------------------------------------------------------------------
 
@@ -237,6 +278,7 @@ class _Driver:
         """Stop every worker (their models go with them)."""
         for actor in list(self.actors):
             self._retire(actor)
+        self.events.shutdown()
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -248,7 +290,11 @@ class _Driver:
                 self._submit_read(self.idle.pop(), self.queue.popleft())
             if not self.inflight:  # cannot happen: a dead worker is always replaced
                 break
-            (ref,), _ = self.ray.wait(list(self.inflight), num_returns=1)
+            ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=PROGRESS_EVERY)
+            self._drain()  # before the call's result: a scan's feature events come before its "features" end
+            if not ready:
+                continue
+            ref = ready[0]
             call, actor, index = self.inflight.pop(ref)
             try:
                 value = self.ray.get(ref)
@@ -258,6 +304,15 @@ class _Driver:
             except self.ray.exceptions.RayTaskError as e:  # a bug in a worker: it surfaces, as it would here
                 raise e.as_instanceof_cause() from None
             getattr(self, f"_on_{call}")(actor, index, value)
+
+    def _drain(self) -> None:
+        """Report the workers' queued progress events, oldest first."""
+        waiting = self.events.qsize()
+        if waiting:
+            for event in self.events.get_nowait_batch(waiting):
+                if event[1] == "propose":
+                    self.proposed.add(event[0])
+                self.report(*event)
 
     def _submit_read(self, actor: Any, index: int) -> None:
         outcome = self.committer.outcomes[index]
@@ -298,7 +353,7 @@ class _Driver:
             self.idle.append(actor)
             return
         self.report(value.name, "propose", 0, 1)
-        self.inflight[actor.process.remote()] = ("process", actor, index)
+        self.inflight[actor.process.remote(self.events)] = ("process", actor, index)
 
     def _on_process(self, actor: Any, index: int, value: "ScanResult | _Failed") -> None:
         outcome = self.committer.outcomes[index]
@@ -306,7 +361,8 @@ class _Driver:
         if isinstance(value, _Failed):
             self.committer.fail(outcome, value.error)
             return
-        self.report(outcome.name or "", "propose", 1, 1)
+        if (outcome.name or "") not in self.proposed:  # its event was dropped (queue full)
+            self.report(outcome.name or "", "propose", 1, 1)
         self.report(outcome.name or "", "features", 1, 1)
         self.committer.add(outcome, value)
 
@@ -365,7 +421,8 @@ def index_paths_ray(
             ``workers`` and ``gpus_per_worker`` size the actors. An already initialised Ray is used as it is.
         choice: the CLIP model (:meth:`IndexSettings.encoder_choice`).
         progress: ``progress(scan, stage, done, total)`` for the stages as workers finish them
-            ("read", "propose", "features", "store"), and ``progress("", "scans", done, total)``.
+            ("read", "propose", "features", "store"), the features stage's steps from inside the workers
+            ("features:<step>", module doc), and ``progress("", "scans", done, total)``.
         max_attempts: tries per scan when workers die while holding it.
         worker_class: :class:`ScanWorker` or a subclass (the tests use one that dies on a marked scan).
 

@@ -105,9 +105,20 @@ def test_ray_gives_the_sequential_catalog_bit_for_bit(both_ways):
 def test_progress_across_workers(both_ways):
     *_, on_ray, events = both_ways
     for o in on_ray:  # every scan through every stage, with its time per stage in the outcome
-        stages = [stage for scan, stage, done, total in events if scan == o.name and done == total]
+        mine = [(stage, done, total) for scan, stage, done, total in events if scan == o.name]
+        stages = [stage for stage, done, total in mine if done == total and not stage.startswith("features:")]
         assert stages == ["read", "propose", "features", "store"], stages
         assert set(o.seconds) == {"read", "propose", "features", "store"}
+        # the features stage's own steps come from inside the worker, between "propose" and its end
+        names = [stage for stage, _, _ in mine]
+        inner = [e for e in mine if e[0].startswith("features:")]
+        steps = {e[0] for e in inner}
+        assert len(steps) >= 2, names
+        for step in steps:  # each step's first and last event always arrive, in order
+            seq = [(d, t) for st, d, t in inner if st == step]
+            assert seq[-1][0] == seq[-1][1] and [d for d, _ in seq] == sorted(d for d, _ in seq), (step, seq)
+        inner_at = [i for i, e in enumerate(mine) if e[0].startswith("features:")]
+        assert mine.index(("propose", 1, 1)) < inner_at[0] and inner_at[-1] < mine.index(("features", 1, 1)), mine
     job = [e for e in events if e[0] == ""]
     assert [e[2] for e in job] == [1, 2] and job[-1] == ("", "scans", 2, 2)
 
@@ -129,14 +140,14 @@ class DyingWorker(ScanWorker):
     always: frozenset[str] = frozenset()
     once: dict[str, str] = {}
 
-    def process(self):
+    def process(self, events=None):
         name = self.scan.name
         marker = Path(self.once.get(name, "/nonexistent"))
         if name in self.always or marker.exists():
             if marker.exists():
                 marker.unlink()
             os._exit(1)
-        return super().process()
+        return super().process(events)
 
 
 def test_a_dead_worker_is_replaced_and_its_scan_retried_then_failed(ray_local, synth_scans, tiny_clip_model,
