@@ -15,9 +15,10 @@ reason. A scan with bad input fails alone, as in a sequential run, and the outco
 
 Progress: the driver reports each scan's stage boundaries as the workers' calls return ("read",
 "propose", "features", "store"). The end of "propose" and the features stage's own events
-("features:<step>", done, total: the same as a sequential run's) come from inside the workers through a Ray queue the driver drains between
-calls and at least every ``PROGRESS_EVERY`` seconds; a worker sends the first and last event of each step
-and at most one in between per ``PROGRESS_EVERY``, and drops events rather than wait when the queue is full.
+("features:<step>", done, total: the same as a sequential run's) come from inside the workers through a
+Ray queue that the driver drains between calls and at least every ``PROGRESS_EVERY`` seconds; a worker
+sends the first and last event of each step and at most one in between per ``PROGRESS_EVERY``, and drops
+events rather than wait when the queue is full.
 
 ``ray`` is imported only here, and only when a job asks for Ray.
 """

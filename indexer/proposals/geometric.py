@@ -785,15 +785,16 @@ def propose_points(points: np.ndarray, colors: np.ndarray, cfg: GeometricConfig,
                                        shape=(v, n_points))
             part_points = (pv @ vox_points).tocsr()
             part_points.sort_indices()
-            share = np.diff(part_points.indptr) / np.maximum(np.diff(region_points.indptr)[parent_a], 1)
+            region_sizes = np.diff(region_points.indptr)
+            share = np.diff(part_points.indptr) / np.maximum(region_sizes[parent_a], 1)
             region_points = sp.vstack([region_points, part_points]).tocsr()
             # Below every hierarchy mask (AP's ranking of those is unchanged, the parts only add recall),
             # ordered among themselves by their region's score and their share of it.
-            sized = np.diff(region_points.indptr[: scores.size + 1]) >= cfg.min_points
+            sized = region_sizes >= cfg.min_points
             floor = float(scores[sized].min()) if sized.any() else 0.0
             scores = np.r_[scores, floor * scores[parent_a] * share]
-            nodes, persistence, kind = nodes[np.r_[np.arange(nodes.size), parent_a]], \
-                persistence[np.r_[np.arange(persistence.size), parent_a]], kind[np.r_[np.arange(kind.size), parent_a]]
+            rows_of = np.r_[np.arange(nodes.size), parent_a]  # each part carries its region's node and kind
+            nodes, persistence, kind = nodes[rows_of], persistence[rows_of], kind[rows_of]
             area = np.r_[area, np.diff(pv.indptr).astype(np.float64)]
             colour_part = np.r_[colour_part, np.ones(len(part_vox), bool)]
         stats["colour_tested"] = int(tested.size)

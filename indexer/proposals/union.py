@@ -17,8 +17,8 @@ Every member proposes on the scan; the masks are pooled with
   proposer with the weight-free Felzenszwalb segmenter declares 0.5, its measured AP50 on the synthetic
   benchmark rooms where the geometric proposer's is 1.0 (0.76 with the lifted defaults of 2026-12-02; the
   union's AP is the same at either value, so the cautious one stays). A member weighted ``w`` ranks its
-  best mask level with the other members' ``w``-quantile, so its masks fill in what the stronger member missed
-  (they survive duplicate removal where nothing better overlaps them) without displacing its good masks.
+  best mask level with the other members' ``w``-quantile, so its masks fill in what the stronger member
+  missed (they survive duplicate removal where nothing better overlaps them) without displacing its good masks.
   ``weights=`` overrides the priors.
 * **duplicate removal**: greedy non-maximum suppression on point-set IoU: masks of the more reliable
   members first (descending weight), within equal weights in descending pooled score (ties: larger first);
@@ -195,7 +195,6 @@ class UnionProposer:
         offsets = [np.zeros(1, np.int64)]
         scores: list[np.ndarray] = []
         sources: list[np.ndarray] = []
-        weights: list[np.ndarray] = []
         stats: dict[str, Any] = {}
         total = 0
         for member, weight in zip(self.members, self.weights):
@@ -210,10 +209,11 @@ class UnionProposer:
             total += ms.point_indices.size
             scores.append(rank_scores(ms.scores) * np.float32(weight))
             sources.append(np.full(len(ms), member.name))
-            weights.append(np.full(len(ms), weight))
         pooled = SourcedMaskSet(np.concatenate(blocks), np.concatenate(offsets), np.concatenate(scores),
                                 scan.num_points, np.concatenate(sources))
-        keep = nms_keep(pooled, self.iou_threshold, pooled.sources, np.concatenate(weights))
+        # each mask's member weight: more reliable members' masks are visited first (module doc)
+        priority = np.repeat(self.weights, [stats[m.name]["masks"] for m in self.members])
+        keep = nms_keep(pooled, self.iou_threshold, pooled.sources, priority)
         # best pooled score first, whatever order the NMS visited them in
         out = pooled.select(keep[np.lexsort((-pooled.sizes[keep], -pooled.scores[keep]))])
         for name in stats:
