@@ -67,7 +67,7 @@ _LAZY: dict[str, str] = {
 
 
 def open(home: Path | str, *, write: bool = False, device: str = "cpu",  # noqa: A001
-         catalog_url: str | None = None) -> "Collection":
+         catalog_url: str | None = None, vectors_uri: str | None = None) -> "Collection":
     """Open the home folder ``home`` as a :class:`Collection` (a context manager).
 
     Read-only unless ``write=True``: readers never wait for a running writer and never change anything;
@@ -78,10 +78,14 @@ def open(home: Path | str, *, write: bool = False, device: str = "cpu",  # noqa:
     indexers and servers share (``pip install 'scenegrep[postgres]'``). It is recorded in
     ``<home>/home.json`` when the home is created and read from there by every later open; naming another
     catalog for an existing home raises ``CatalogUrlMismatchError`` (a :class:`StoreError`).
+
+    ``vectors_uri``: where a new home keeps its vectors: ``embedded`` (FAISS segment files in the home, the
+    default), ``milvus-lite:PATH.db`` or ``http://host:19530`` (Milvus, ``pip install 'scenegrep[milvus]'``).
+    The home records it; naming another one for an existing home raises ``VectorsUriMismatchError``.
     """
     from scenegrep.collection import open_collection
 
-    return open_collection(home, write=write, device=device, catalog_url=catalog_url)
+    return open_collection(home, write=write, device=device, catalog_url=catalog_url, vectors_uri=vectors_uri)
 
 
 def __getattr__(name: str) -> Any:

@@ -71,10 +71,10 @@ def _home(ctx: click.Context) -> Path:
     return Path(ctx.find_root().params["home"])
 
 
-def _open(ctx: click.Context, write: bool = False, device: str = "cpu",
-          catalog_url: str | None = None) -> "scenegrep.Collection":
+def _open(ctx: click.Context, write: bool = False, device: str = "cpu", catalog_url: str | None = None,
+          vectors_uri: str | None = None) -> "scenegrep.Collection":
     """Writers take the home's lock; readers (search, show, scans, ...) never wait for a running index."""
-    return scenegrep.open(_home(ctx), write=write, device=device, catalog_url=catalog_url)
+    return scenegrep.open(_home(ctx), write=write, device=device, catalog_url=catalog_url, vectors_uri=vectors_uri)
 
 
 def _echo_json(obj: Any) -> None:
@@ -327,10 +327,7 @@ def index(ctx: click.Context, paths: tuple[Path, ...], preset: str, as_json: boo
     catalog_url = options.pop("catalog_url")
     device = options.get("device") or "cpu"
     # the home and its URIs first: a bad one is reported before any model weights are looked up
-    opened = (_open(ctx, write=True, device=device, catalog_url=catalog_url) if vectors_uri is None else
-              scenegrep.Collection(_home(ctx), write=True, device=device, vectors_uri=vectors_uri,
-                                   catalog_url=catalog_url))
-    with opened as col:
+    with _open(ctx, write=True, device=device, catalog_url=catalog_url, vectors_uri=vectors_uri) as col:
         settings = scenegrep.IndexSettings.create(preset, **_given(**options))
         progress = _progress(quiet or as_json)
         # Ray prints its own messages (worker output, a worker's death) on stdout: send them to stderr, so

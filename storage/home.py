@@ -260,7 +260,7 @@ def _remove_unused_home(layout: HomeLayout) -> None:
 
 
 def _open_writer(layout: HomeLayout, catalog_url: str | None) -> tuple[HomeLayout, Catalog, HomeLock]:
-    """The writer half of :func:`open_catalog`, once the home's folders exist."""
+    """The writer half of :func:`open_home`, once the home's folders exist."""
     url, new = resolve_catalog_url(layout.root, catalog_url, create=True)
     if url.get_backend_name() == "sqlite":
         lock: HomeLock = WriterLock.acquire(layout)

@@ -232,11 +232,10 @@ def test_cli_vectors_uri_and_migrate(tmp_path, monkeypatch):
         assert reader.vectors_uri == "milvus-lite:m.db" and reader.vector_count() > 0
     import scenegrep
 
-    with scenegrep.Collection(tmp_path / "new", write=True, vectors_uri="milvus-lite:v.db") as col:  # index's path
+    with scenegrep.open(tmp_path / "new", write=True, vectors_uri="milvus-lite:v.db") as col:  # index's path
         assert col.vectors_uri == "milvus-lite:v.db"
     with pytest.raises(VectorsUriMismatchError):
-        with scenegrep.Collection(home, write=True, vectors_uri="embedded") as col:
-            col.vectors_uri
+        scenegrep.open(home, write=True, vectors_uri="embedded")
 
 
 def test_pymilvus_is_imported_only_for_milvus_homes(tmp_path):
