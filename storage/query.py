@@ -192,7 +192,7 @@ class Searcher:
                     continue
                 exact = is_exact(meta.factory)
                 if not exact and by_segment is not None and eligible <= EXACT_FILTER_MAX:
-                    d, i = self._exact_subset(s, q, allowed, min(eligible, k))
+                    d, i = self._exact_subset(s, q, allowed)
                     cand_ids.append(i)
                     cand_scores.append(d)
                     continue
@@ -245,22 +245,13 @@ class Searcher:
             widen *= 2
 
     @staticmethod
-    def _exact_subset(s: Session, q: np.ndarray, allowed: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``kk`` of the ``allowed`` ids (sorted) from the catalog's float16 vectors: (scores, ids)
-        each (q, kk), padded with -1 ids where fewer exist."""
+    def _exact_subset(s: Session, q: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of every ``allowed`` id (at most EXACT_FILTER_MAX) from the catalog's float16
+        vectors: (scores, ids), each (q, n); :meth:`_top_k` ranks them with the other segments' candidates."""
         known, vectors = exact_vectors(s, allowed)
-        out_d = np.full((q.shape[0], kk), -np.inf, np.float32)
-        out_i = np.full((q.shape[0], kk), -1, np.int64)
-        if known.size:
-            scores = q @ vectors.T
-            n = min(kk, known.size)
-            if n < known.size:
-                top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-            else:
-                top = np.tile(np.arange(n), (q.shape[0], 1))
-            out_d[:, :n] = np.take_along_axis(scores, top, 1)
-            out_i[:, :n] = known[top]
-        return out_d, out_i
+        if not known.size:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        return (q @ vectors.T).astype(np.float32), np.broadcast_to(known, (q.shape[0], known.size))
 
     def _filter_selectors(
         self, s: Session, commit: int, filt: InstanceFilter
