@@ -57,6 +57,7 @@ __all__ = [
     "record_uri",
     "state_int",
     "set_state_int",
+    "scan_fields",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,16 +149,26 @@ class MigrationReport:
 # -- the catalog's record ------------------------------------------------------------------------------
 
 
+def _get(s: Session, table: type[VectorStoreRow] | type[StateRow], key: str) -> Any:
+    """The value of ``key`` in a key-value table of the catalog, or None."""
+    return s.scalar(select(table.value).where(table.key == key))
+
+
+def _set(s: Session, table: type[VectorStoreRow] | type[StateRow], key: str, value: Any) -> None:
+    """Set (None: delete) ``key`` in a key-value table of the catalog."""
+    s.execute(delete(table).where(table.key == key))
+    if value is not None:
+        s.execute(insert(table).values(key=key, value=value))
+
+
 def recorded(s: Session, key: str) -> str | None:
     """A ``vector_store`` value, or None."""
-    return s.scalar(select(VectorStoreRow.value).where(VectorStoreRow.key == key))
+    return _get(s, VectorStoreRow, key)
 
 
 def set_recorded(s: Session, key: str, value: str | None) -> None:
     """Set (None: delete) a ``vector_store`` value."""
-    s.execute(delete(VectorStoreRow).where(VectorStoreRow.key == key))
-    if value is not None:
-        s.execute(insert(VectorStoreRow).values(key=key, value=value))
+    _set(s, VectorStoreRow, key, value)
 
 
 def recorded_uri(s: Session) -> str:
@@ -173,15 +184,20 @@ def record_uri(s: Session, uri: str, collection: str | None) -> None:
 
 def state_int(s: Session, key: str) -> int | None:
     """An integer ``store_state`` value, or None."""
-    value = s.scalar(select(StateRow.value).where(StateRow.key == key))
+    value = _get(s, StateRow, key)
     return None if value is None else int(value)
 
 
 def set_state_int(s: Session, key: str, value: int | None) -> None:
     """Set (None: delete) an integer ``store_state`` value."""
-    s.execute(delete(StateRow).where(StateRow.key == key))
-    if value is not None:
-        s.execute(insert(StateRow).values(key=key, value=int(value)))
+    _set(s, StateRow, key, None if value is None else int(value))
+
+
+def scan_fields(tags: Any, info: Any) -> tuple[list[str], str]:
+    """A scan's filterable fields as a backend stores them beside each vector: its tags (as text, each
+    once, in order) and the proposer its ``info`` names ("" when none is named)."""
+    proposer = info.get("proposer") if isinstance(info, dict) else None
+    return list(dict.fromkeys(map(str, tags))), proposer if isinstance(proposer, str) else ""
 
 
 # -- the interface -------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from scenegrep.storage.catalog import (
     TombstoneRow,
     utcnow,
 )
-from scenegrep.storage.backends import VectorBackend, VectorBatch
+from scenegrep.storage.backends import VectorBackend, VectorBatch, scan_fields
 from scenegrep.storage.errors import NotFoundError, ScanExistsError, StoreError
 from scenegrep.storage.indextypes import factory_for
 from scenegrep.storage.pointfiles import PointFiles
@@ -106,11 +106,11 @@ def _batch(prepared: list[_PreparedScan], ids: np.ndarray) -> VectorBatch:
     points: list[int] = []
     extents: list[float] = []
     for p in prepared:
-        proposer = p.entry.info.get("proposer") if isinstance(p.entry.info, dict) else None
+        scan_tags, proposer = scan_fields(p.entry.tags, p.entry.info)
         n = int(p.vector_masks.size)
         scans += [p.entry.name] * n
-        tags += [list(dict.fromkeys(p.entry.tags))] * n
-        proposers += [proposer if isinstance(proposer, str) else ""] * n
+        tags += [scan_tags] * n
+        proposers += [proposer] * n
         for m in p.vector_masks.tolist():
             points.append(int(p.instances[m]["point_count"]))
             extents.append(float(p.instances[m]["extent"]))

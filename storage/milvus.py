@@ -71,6 +71,7 @@ from scenegrep.storage.backends import (
     record_uri,
     recorded,
     recorded_uri,
+    scan_fields,
     set_recorded,
     set_state_int,
     state_int,
@@ -301,8 +302,7 @@ class MilvusBackend:
     def commit(self, apply: Apply, staged: tuple[int, int] | None) -> None:
         def apply_and_clear(s: Session, new: list[int]) -> None:
             apply(s, new)
-            set_state_int(s, STAGED_LO, None)  # the commit point: these ids are now committed
-            set_state_int(s, STAGED_HI, None)
+            _clear_staged(s)  # the commit point: these ids are now committed
 
         self._segments.commit(apply_and_clear)
 
@@ -322,8 +322,7 @@ class MilvusBackend:
         log.warning("deleting uncommitted vectors %d..%d from %s", lo, hi, self._where())
         self._delete_range(lo, hi)
         with self._catalog.transaction() as s:
-            set_state_int(s, STAGED_LO, None)
-            set_state_int(s, STAGED_HI, None)
+            _clear_staged(s)
 
     def record_deletes(self, s: Session, scan_ids: list[int]) -> None:
         s.execute(
@@ -371,7 +370,8 @@ class MilvusBackend:
         empty: Hits = [[] for _ in range(q.shape[0])]
         with self._catalog.transaction() as s:
             self._segments.sync(s)
-            dim = s.scalar(select(EncoderRow.dim).order_by(EncoderRow.id).limit(1))
+            assert self._segments.snapshot is not None
+            dim = self._segments.snapshot.dim  # read by the sync, in this transaction
             if dim is None:
                 return empty
             if dim != q.shape[1]:
@@ -515,14 +515,15 @@ def live_subset(s: Session, ids: np.ndarray) -> np.ndarray:
     return np.array(out, np.int64)
 
 
+def _clear_staged(s: Session) -> None:
+    """Forget the recorded staged id range (its vectors are committed, or were deleted)."""
+    set_state_int(s, STAGED_LO, None)
+    set_state_int(s, STAGED_HI, None)
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:300]
-
-
-def lite_path(uri: VectorsUri) -> Path | None:
-    """The milvus-lite file (a folder) of a URI, else None."""
-    return uri.path if uri.kind == "milvus-lite" else None
 
 
 # -- copying from the catalog ------------------------------------------------------------------------
@@ -550,9 +551,7 @@ def live_batch(s: Session, after: int, n: int, dim: int) -> VectorBatch:
     proposers: list[str] = []
     for r in rows:
         if r.name not in fields:
-            info = json.loads(r.info_json)
-            proposer = info.get("proposer") if isinstance(info, dict) else None
-            fields[r.name] = (list(dict.fromkeys(map(str, json.loads(r.tags_json)))), proposer if isinstance(proposer, str) else "")
+            fields[r.name] = scan_fields(json.loads(r.tags_json), json.loads(r.info_json))
         scans.append(r.name)
         tags.append(fields[r.name][0])
         proposers.append(fields[r.name][1])
@@ -667,8 +666,9 @@ def _record_switch(s: Session, uri: str, collection: str | None) -> None:
     record_uri(s, uri, collection)
     for key in (MIGRATE_TO, MIGRATE_COLLECTION):
         set_recorded(s, key, None)
-    for key in (MIGRATE_NEXT, MIGRATE_COMMIT, STAGED_LO, STAGED_HI):
+    for key in (MIGRATE_NEXT, MIGRATE_COMMIT):
         set_state_int(s, key, None)
+    _clear_staged(s)
     s.execute(delete(VectorDeleteRow))
 
 

@@ -34,8 +34,10 @@ from scenegrep.storage.backends import (
     COLLECTION_KEY,
     EMBEDDED,
     FaissBackend,
+    MigrationReport,
     VectorBackend,
     VectorsUriMismatchError,
+    new_collection_name,
     parse_vectors_uri,
     record_uri,
     recorded,
@@ -53,7 +55,6 @@ from scenegrep.storage.query import Searcher, SearchSettings
 from scenegrep.storage.reads import CatalogReader
 from scenegrep.storage.records import EncoderIdentity, InstanceEntry, InstanceInfo, ScanEntry, ScanInfo
 from scenegrep.storage.repair import Reread
-from scenegrep.storage.backends import MigrationReport, new_collection_name
 from scenegrep.storage.segments import Segments, commit_number
 from scenegrep.storage import recovery, repair, report, sampling
 
