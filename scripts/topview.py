@@ -114,8 +114,7 @@ def render_top_view(points: np.ndarray, colors: np.ndarray, up: np.ndarray, size
 def main() -> None:
     from scenegrep.indexer.evaluate import load_ground_truth
     from scenegrep.indexer.proposals import make_proposer
-    from scenegrep.indexer.proposals.geometric import GeometricConfig, propose_points
-    from scenegrep.indexer.proposals.planes import camera_up
+    from scenegrep.indexer.proposals.geometric import GeometricProposer
     from scenegrep.indexer.scans import read_scan
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -136,17 +135,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     scan = read_scan(args.scan)
-    poses = np.stack([f.pose_c2w for f in scan.frames]) if scan.frames else None
-    prior = camera_up(poses[:, :3, :3]) if poses is not None else None
+    geometric = GeometricProposer()
     debug: dict = {}
     skip = None
     if args.gt:
         inst, source = load_ground_truth(scan)
         log.info("%s: ground truth from %s, %d instances", scan.name, source, np.unique(inst[inst > 0]).size)
     elif args.proposer == "geometric":
-        # the bare-array entry point also reports each mask's kind (floor/wall/ceiling/object) and the up
-        masks, _ = propose_points(scan.points, scan.colors, GeometricConfig(),
-                                  None if poses is None else poses[:, :3, 3], debug, up_prior=prior)
+        # ``debug`` also gets each mask's kind (floor/wall/ceiling/object) and the up direction
+        masks, _ = geometric.propose_with_stats(scan, debug)
         if args.skip_structure:
             skip = np.asarray(debug["kind"]) != "object"
         inst = mask_instances(masks, args.top, skip, finest=args.finest)
@@ -157,8 +154,7 @@ def main() -> None:
         up = np.array([float(x) for x in args.up.split(",")])
     else:
         if "up" not in debug:
-            propose_points(scan.points, scan.colors, GeometricConfig(),
-                           None if poses is None else poses[:, :3, 3], debug, up_prior=prior)
+            geometric.propose_with_stats(scan, debug)
         up = debug["up"] if debug.get("up") is not None else np.array([0.0, 0.0, 1.0])
     img = render_top_view(scan.points, instance_colors(inst, scan.colors), up, args.size, args.point)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -329,11 +329,9 @@ def shelf(shared_dir):
     scan = read_scan(root)
     gt, source = load_ground_truth(scan)
     assert source.startswith("label maps") and sorted(np.unique(gt)) == [0, 48, 132]
-    poses = np.stack([f.pose_c2w for f in scan.frames])
     debug: dict = {}
-    masks = propose_points(scan.points, scan.colors, GeometricConfig(), poses[:, :3, 3], debug,
-                           up_prior=camera_up(poses[:, :3, :3]))[0]
-    # the proposer's own entry point gives the same masks
+    masks = GeometricProposer().propose_with_stats(scan, debug)[0]
+    # asking for the debug arrays does not change the masks
     same = GeometricProposer().propose(scan)
     assert np.array_equal(same.point_indices, masks.point_indices)
     return scan, gt, masks, debug

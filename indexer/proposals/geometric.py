@@ -583,15 +583,16 @@ class GeometricProposer:
         masks, _ = self.propose_with_stats(scan)
         return masks
 
-    def propose_with_stats(self, scan: "Scan") -> tuple[MaskSet, dict[str, float]]:
-        """``propose`` plus a dict of stage timings (seconds) and sizes, for tuning and benchmarks."""
+    def propose_with_stats(self, scan: "Scan", debug: dict | None = None) -> tuple[MaskSet, dict[str, float]]:
+        """``propose`` plus a dict of stage timings (seconds) and sizes, for tuning and benchmarks;
+        ``debug``: filled with per-mask arrays and the up direction (:func:`propose_points`)."""
         viewpoints = up_prior = None
         if scan.frames:
             poses = np.stack([f.pose_c2w for f in scan.frames]).astype(np.float64)
             viewpoints = poses[:, :3, 3]
             if self.config.camera_up:
                 up_prior = camera_up(poses[:, :3, :3])
-        return propose_points(scan.points, scan.colors, self.config, viewpoints, up_prior=up_prior)
+        return propose_points(scan.points, scan.colors, self.config, viewpoints, debug, up_prior=up_prior)
 
 
 def region_scores(persistence: np.ndarray, voxels: np.ndarray, cfg: GeometricConfig) -> np.ndarray:
